@@ -1,0 +1,1 @@
+"""Prefect flows: one per stage plus the end-to-end pipeline. Orchestration only."""

@@ -1,0 +1,139 @@
+"""The Prefect conventions every stage task follows.
+
+- Cache keys: the task's source, the source of the ``vpo_core`` modules doing its work
+  (Prefect's TASK_SOURCE sees only the task body), and its inputs, with every
+  :class:`~vpo_core.tables.DataRef` keyed by its *content hash*, never its path.
+- Results: persisted with the JSON serializer (no pickle) in the work directory's
+  result store, so a finished task is a cache hit in any later run, from any process.
+- A cache hit whose output files are gone or changed is recomputed (:func:`run_cached`).
+- Retries with exponential backoff and jitter, for transient errors only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from prefect import Task, get_run_logger, task
+from prefect.cache_policies import TASK_SOURCE, CachePolicy
+from prefect.context import TaskRunContext
+from prefect.tasks import exponential_backoff
+from prefect.utilities.hashing import hash_objects
+from pydantic import BaseModel
+
+from vpo_core.errors import is_transient
+from vpo_core.tables import DataRef
+from vpo_core.workdir import WorkDir
+
+
+def canonical(value: Any) -> Any:
+    """What a cache key sees of a value: files by content, models by their JSON."""
+    if isinstance(value, DataRef):
+        return {"sha256": value.sha256, "table": value.table}
+    if isinstance(value, BaseModel):
+        return canonical(value.model_dump(mode="json"))
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): canonical(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    return value
+
+
+@dataclass
+class ContentInputs(CachePolicy):
+    """Key on the inputs, with file references by content hash."""
+
+    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],
+                    flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
+        return hash_objects(canonical(inputs), raise_on_failure=True)
+
+
+@cache
+def source_digest(modules: tuple[str, ...]) -> str:
+    """SHA-256 of the source files of some modules (every .py file of a package)."""
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        module = importlib.import_module(name)
+        root = Path(module.__file__)
+        files = sorted(root.parent.rglob("*.py")) if root.name == "__init__.py" else [root]
+        for path in files:
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class CodeVersion(CachePolicy):
+    """Key on the source of the library code a task calls."""
+
+    modules: tuple[str, ...] = field(default_factory=tuple)
+
+    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],
+                    flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
+        return source_digest(self.modules)
+
+
+# Library modules every stage depends on: the data contract and its helpers.
+COMMON_MODULES = ("vpo_core.schemas", "vpo_core.tables", "vpo_core.config")
+
+
+def retry_transient(task: Task, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry rate limits, timeouts and 5xx; fail fast otherwise."""
+    try:
+        state.result()
+    except Exception as exc:  # the task's exception, re-raised by result()
+        return is_transient(exc)
+    return False
+
+
+def stage_task(*, name: str, modules: tuple[str, ...], retries: int = 3
+               ) -> Callable[[Callable[..., Any]], Task]:
+    """The ``@task`` of a stage step: cached across runs on content, JSON results, retries
+    with exponential backoff and jitter for transient errors."""
+    return task(
+        name=name,
+        cache_policy=TASK_SOURCE + ContentInputs() + CodeVersion(modules=COMMON_MODULES + modules),
+        persist_result=True,
+        result_serializer="json",
+        retries=retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=2),
+        retry_jitter_factor=0.5,
+        retry_condition_fn=retry_transient,
+    )
+
+
+def refs_in(value: Any) -> list[DataRef]:
+    """Every DataRef inside a task result."""
+    if isinstance(value, DataRef):
+        return [value]
+    if isinstance(value, dict):
+        return [r for v in value.values() for r in refs_in(v)]
+    if isinstance(value, (list, tuple)):
+        return [r for v in value for r in refs_in(v)]
+    return []
+
+
+def run_cached(step: Task, work: WorkDir, force: bool = False, *, stage: str,
+               **kwargs: Any) -> Any:
+    """Call a stage task with the work directory's result store and an output folder
+    named by what determines the result (see :meth:`WorkDir.stage_dir`).
+
+    ``force`` recomputes on purpose. A cached result whose files have disappeared or
+    changed since is recomputed too (Prefect alone would report it Cached).
+    """
+    name = step.name.removeprefix(f"{stage}-")
+    kwargs["out_dir"] = str(work.stage_dir(stage, name, canonical(kwargs)))
+    options = {"result_storage": work.results}
+    result = step.with_options(refresh_cache=force, **options)(**kwargs)
+    stale = [r.path for r in refs_in(result) if not r.is_valid()]
+    if stale:
+        get_run_logger().warning("%s: cached outputs missing or changed (%s); recomputing",
+                                 step.name, ", ".join(stale))
+        result = step.with_options(refresh_cache=True, **options)(**kwargs)
+    return result

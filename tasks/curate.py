@@ -1,0 +1,67 @@
+"""Prefect tasks of the curate stage: each is one step of vpo_core.curate.stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from tasks.caching import run_cached, stage_task
+from vpo_core.config import (
+    CurateConfig,
+    FilterConfig,
+    NearDuplicateConfig,
+    SafetyConfig,
+    SplitConfig,
+)
+from vpo_core.curate import stage
+from vpo_core.curate.sources import HF_PREFIX, fetch_hf_dataset, input_path
+from vpo_core.tables import DataRef, ref_for
+from vpo_core.workdir import WorkDir
+
+MODULES = ("vpo_core.curate",)
+
+
+@stage_task(name="curate-fetch-hf", modules=MODULES, retries=4)
+def fetch_hf(spec: str, split: str, data_files: str | None, out_dir: str) -> dict[str, Any]:
+    """Download a Hugging Face dataset once and keep it as Parquet in the work directory."""
+    path = fetch_hf_dataset(spec, split, data_files, Path(out_dir) / "hf-cache",
+                            Path(out_dir) / "input.parquet")
+    return {"input": ref_for(path, table=None)}
+
+
+@task(name="curate-hash-input")
+def hash_input(spec: str) -> DataRef:
+    """Reference a local input by its content: the cache keys downstream use the hash."""
+    return ref_for(input_path(spec))
+
+
+def resolve_input(cfg: CurateConfig, work: WorkDir, force: bool) -> DataRef:
+    """The input file as a reference: a local file or the bundled sample, or a fetched
+    Hugging Face dataset."""
+    if cfg.input.startswith(HF_PREFIX):
+        return run_cached(fetch_hf, work, force, stage="curate", spec=cfg.input,
+                          split=cfg.hf_split, data_files=cfg.hf_data_files)["input"]
+    return hash_input(cfg.input)
+
+
+@stage_task(name="curate-ingest", modules=MODULES)
+def ingest(source: DataRef, prompt_column: str, out_dir: str) -> dict[str, Any]:
+    return stage.ingest(Path(source.path), prompt_column, Path(out_dir))
+
+
+@stage_task(name="curate-clean", modules=MODULES)
+def clean(raw: DataRef, filters: FilterConfig, near_duplicates: NearDuplicateConfig,
+          seed: int, out_dir: str) -> dict[str, Any]:
+    return stage.clean(raw, filters, near_duplicates, Path(out_dir), seed)
+
+
+@stage_task(name="curate-label-safety", modules=MODULES)
+def label(candidates: DataRef, safety: SafetyConfig, out_dir: str) -> dict[str, Any]:
+    return stage.label(candidates, safety, Path(out_dir))
+
+
+@stage_task(name="curate-split", modules=MODULES)
+def split(labelled: DataRef, split: SplitConfig, seed: int, out_dir: str) -> dict[str, Any]:
+    return stage.split(labelled, split, seed, Path(out_dir))

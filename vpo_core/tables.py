@@ -1,0 +1,114 @@
+"""Reading and writing the pipeline's Parquet tables, and the references tasks pass around.
+
+Tasks never pass DataFrames to each other: they pass a :class:`DataRef` (path, content
+hash, row count). Cache keys use the content hash, never the path, so moving the work
+directory does not matter and a changed file at the same path does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
+
+from vpo_core.schemas import TABLES
+
+_CHUNK = 1 << 20
+
+
+class DataRef(BaseModel):
+    """A file produced or consumed by a stage, identified by its content."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    sha256: str
+    rows: int | None = None
+    table: str | None = None
+
+    def is_valid(self) -> bool:
+        """True while the file still exists with the content this reference was made for."""
+        path = Path(self.path)
+        return path.is_file() and file_sha256(path) == self.sha256
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ref_for(path: str | Path, table: str | None = None, rows: int | None = None) -> DataRef:
+    """Reference an existing file (an input given by the user, say)."""
+    path = Path(path).resolve()
+    return DataRef(path=str(path), sha256=file_sha256(path), rows=rows, table=table)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds,
+    so a half-written file never exists under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, obj: object) -> DataRef:
+    """Write a JSON document atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    return ref_for(path)
+
+
+def conform(df: pl.DataFrame, table: str) -> pa.Table:
+    """Cast a DataFrame to a table's schema; refuse missing/extra columns and bad nulls."""
+    schema = TABLES[table]
+    missing = [n for n in schema.names if n not in df.columns]
+    extra = [c for c in df.columns if c not in schema.names]
+    if missing or extra:
+        raise ValueError(f"table {table!r}: missing columns {missing}, unexpected {extra}")
+    arrow = df.select(schema.names).to_arrow().cast(schema)
+    for field in schema:
+        if not field.nullable and arrow.column(field.name).null_count:
+            raise ValueError(f"table {table!r}: column {field.name!r} has "
+                             f"{arrow.column(field.name).null_count} nulls")
+    return arrow
+
+
+def write_table(df: pl.DataFrame, path: str | Path, table: str) -> DataRef:
+    """Write ``df`` as Parquet with the schema of ``table``, atomically; return its ref."""
+    arrow = conform(df, table)
+    path = Path(path).resolve()
+    with atomic_path(path) as tmp:
+        pq.write_table(arrow, tmp, compression="zstd")
+    return DataRef(path=str(path), sha256=file_sha256(path), rows=arrow.num_rows, table=table)
+
+
+def read_table(ref: DataRef | str | Path, table: str | None = None) -> pl.DataFrame:
+    """Read a table and check it carries its schema's columns."""
+    path = Path(ref.path if isinstance(ref, DataRef) else ref)
+    table = table or (ref.table if isinstance(ref, DataRef) else None)
+    df = pl.read_parquet(path)
+    if table is not None:
+        missing = [n for n in TABLES[table].names if n not in df.columns]
+        if missing:
+            raise ValueError(f"{path}: not a {table!r} table, missing columns {missing}")
+    return df
