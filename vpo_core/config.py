@@ -58,7 +58,7 @@ class NearDuplicateConfig(Section):
     min_agreement: float = Field(0.2, ge=0, le=1, description="Skip the exact BLEU of "
                                  "candidates whose MinHash signatures agree on fewer than "
                                  "this share of values (estimated bigram Jaccard).")
-    rounds: int = Field(3, ge=1, le=10, description="Candidate rounds: each query is compared "
+    rounds: int = Field(2, ge=1, le=10, description="Candidate rounds: each query is compared "
                         "with the earliest still-kept query of each of its LSH buckets.")
     seed: int = Field(0, description="Seed of the MinHash permutations.")
 

@@ -85,12 +85,11 @@ def conform(df: pl.DataFrame, table: str) -> pa.Table:
     extra = [c for c in df.columns if c not in schema.names]
     if missing or extra:
         raise ValueError(f"table {table!r}: missing columns {missing}, unexpected {extra}")
-    arrow = df.select(schema.names).to_arrow().cast(schema)
     for field in schema:
-        if not field.nullable and arrow.column(field.name).null_count:
-            raise ValueError(f"table {table!r}: column {field.name!r} has "
-                             f"{arrow.column(field.name).null_count} nulls")
-    return arrow
+        nulls = df.get_column(field.name).null_count()
+        if not field.nullable and nulls:
+            raise ValueError(f"table {table!r}: required column {field.name!r} has {nulls} nulls")
+    return df.select(schema.names).to_arrow().cast(schema)
 
 
 def write_table(df: pl.DataFrame, path: str | Path, table: str) -> DataRef:

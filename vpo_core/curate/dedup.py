@@ -118,6 +118,19 @@ def _band_keys(sig: np.ndarray, tok: Tokens, cfg: NearDuplicateConfig) -> list[n
     return keys
 
 
+def _bleu_upper_bound(tok: Tokens, q: np.ndarray, r: np.ndarray, order: int) -> np.ndarray:
+    """An upper bound of BLEU(hyp=q, ref=r) from the two lengths alone: the brevity
+    penalty, and precisions that cannot exceed (ref n-grams) / (hyp n-grams). Pairs whose
+    bound is below the threshold cannot be near duplicates and skip the exact BLEU."""
+    hyp = tok.lengths[q].astype(np.float64)
+    ref = tok.lengths[r].astype(np.float64)
+    bound = np.ones(len(q))
+    for n in range(order):  # n-grams of order n + 1; smoothing gives EPSILON when none
+        bound *= np.minimum(1.0, np.maximum(ref - n, EPSILON) / np.maximum(hyp - n, 1.0))
+    penalty = np.where(hyp > ref, 1.0, np.exp(1 - ref / np.maximum(hyp, 1)))
+    return penalty * bound ** (1 / order)
+
+
 def _agreement(sig: np.ndarray, q: np.ndarray, r: np.ndarray) -> np.ndarray:
     """Share of equal MinHash values of each pair: an estimate of their bigram Jaccard."""
     out = np.empty(len(q))
@@ -193,13 +206,15 @@ def near_duplicates(tok: Tokens, cfg: NearDuplicateConfig) -> NearDuplicates:
     for _ in range(cfg.rounds):
         q, r = _earliest_partners(keys, dup < 0)
         packed = (r.astype(np.uint64) << np.uint64(32)) | q.astype(np.uint64)
-        fresh = ~pl.Series(packed).is_in(pl.Series(checked)).to_numpy()
+        fresh = ~pl.Series(packed).is_in(pl.Series(checked).implode()).to_numpy()
         q, r, packed = q[fresh], r[fresh], packed[fresh]
         stats["rounds"] += 1
         stats["candidate_pairs"] += len(q)
         if not len(q):
             break
         checked = np.concatenate([checked, packed])
+        possible = _bleu_upper_bound(tok, q, r, cfg.bleu_order) * (1 + 1e-9) > cfg.threshold
+        q, r = q[possible], r[possible]
         close = _agreement(sig, q, r) >= cfg.min_agreement
         q, r = q[close], r[close]
         stats["bleu_pairs"] += len(q)

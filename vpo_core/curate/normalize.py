@@ -50,9 +50,10 @@ def normalize_series(raw: pl.Series) -> pl.Series:
         text = text.scatter(rows, text.gather(rows).str.normalize("NFC")
                             .str.replace_all(_UNICODE_CONTROL, " ")
                             .str.replace_all(r"\s+", " "))
-    return (text.str.replace_all(r"[\x00-\x1f\x7f]", " ")
-                .str.replace_all(" {2,}", " ")
-                .str.strip_chars())
+    rows = _where(text.str.contains(r"[\x00-\x1f\x7f]"))
+    if len(rows):
+        text = text.scatter(rows, text.gather(rows).str.replace_all(r"[\x00-\x1f\x7f]", " "))
+    return text.str.replace_all(" {2,}", " ").str.strip_chars()
 
 
 def normalize_text(text: str) -> str:
@@ -126,12 +127,14 @@ def _parse_marked(marked: pl.Series) -> pl.DataFrame:
     out = parts.select("row", pl.col("parts").list.first().alias("head")).join(
         per_row, on="row", how="left").sort("row")
     number = {k: pl.col(k).str.extract(_NUMBER, 1).cast(pl.Float64) for k in _NUMERIC}
-    terms = (pl.col("negative").str.strip_chars(_QUOTES + " ,").str.split(",")
-             .list.eval(pl.element().str.strip_chars(_QUOTES + " ")
-                        .filter(pl.element().str.len_chars() > 0)).fill_null([]))
+    terms = pl.when(pl.col("negative").is_not_null()).then(
+        pl.col("negative").str.strip_chars(_QUOTES + " ,").str.split(",")
+        .list.eval(pl.element().str.strip_chars(_QUOTES + " ")
+                   .filter(pl.element().str.len_chars() > 0))
+    ).otherwise(pl.lit([], pl.List(pl.String)))
     return out.select(
         pl.concat_str("head", pl.col("rest").fill_null(""), separator=" ")
-        .str.replace_all(r"\s+", " ").str.replace(r"[\s,;:—–-]+$", "").str.strip_chars()
+        .str.replace_all(" {2,}", " ").str.strip_chars_end(" ,;:—–-").str.strip_chars()
         .alias("text"),
         pl.col("aspect_ratio").str.extract(_RATIO, 0).str.replace_all(r"\s+", "")
         .str.replace(r"[/xX]", ":").alias("aspect_ratio"),

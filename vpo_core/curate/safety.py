@@ -1,8 +1,9 @@
 """Safety labels: which curated queries are safety queries, and where the label came from.
 
 VidProM carries Detoxify scores; a query is unsafe when any chosen score reaches the
-threshold. Keywords catch what the scores miss (and label inputs without scores). The
-label is a candidate: the judge LLM re-checks it later (recorded as source ``llm``).
+threshold. Keywords catch what the scores miss (and label inputs without scores); they
+are matched on the text without flags, so ``-neg nude`` (a constraint) is not a request.
+The label is a candidate: the judge LLM re-checks it later (recorded as source ``llm``).
 """
 
 from __future__ import annotations
@@ -22,33 +23,29 @@ def bundled_keywords() -> list[str]:
 
 
 def label_safety(df: pl.DataFrame, cfg: SafetyConfig) -> pl.DataFrame:
-    """Add ``safety``, ``safety_source`` and ``safety_detail``."""
+    """Add ``safety``, ``safety_source`` and ``safety_detail`` (details are computed for
+    the flagged rows only)."""
     cols = [c for c in cfg.detoxify_columns if c in df.columns]
-    if cols:
-        scores = pl.concat_list([pl.col(c).fill_null(0.0) for c in cols])
-        worst = scores.list.arg_max()
-        top = scores.list.max()
-        detox_hit = top >= cfg.detoxify_threshold
-        detox_detail = pl.format("{}={}", worst.replace_strict(dict(enumerate(cols)),
-                                                               return_dtype=pl.String),
-                                 top.round(3))
-    else:
-        detox_hit, detox_detail = pl.lit(False), pl.lit(None, pl.String)
+    scores = [pl.col(c).fill_null(0.0) for c in cols]
+    detox = (pl.max_horizontal(scores) >= cfg.detoxify_threshold) if cols else pl.lit(False)
     pattern = keyword_regex(bundled_keywords() if cfg.keywords is None else cfg.keywords)
-    if pattern:
-        kw_hit = pl.col("text").str.contains(pattern)
-        kw_detail = pl.format("keyword: {}", pl.col("text").str.extract(pattern, 1)
-                              .str.to_lowercase())
-    else:
-        kw_hit, kw_detail = pl.lit(False), pl.lit(None, pl.String)
-    return df.with_columns(detox_hit.alias("_d"), kw_hit.alias("_k")).with_columns(
+    keyword = pl.col("text").str.contains(pattern) if pattern else pl.lit(False)
+    df = df.with_row_index("_i").with_columns(detox.alias("_d"), keyword.alias("_k"))
+    hits = df.filter(pl.col("_d") | pl.col("_k"))
+    names = dict(enumerate(cols))
+    detox_detail = pl.format(
+        "{}={}", pl.concat_list(scores).list.arg_max().replace_strict(names,
+                                                                      return_dtype=pl.String),
+        pl.max_horizontal(scores).round(3)) if cols else pl.lit(None, pl.String)
+    keyword_detail = pl.format("keyword: {}", pl.col("text").str.extract(pattern, 1)
+                               .str.to_lowercase()) if pattern else pl.lit(None, pl.String)
+    details = hits.select("_i", pl.concat_str(
+        pl.when(pl.col("_d")).then(detox_detail), pl.when(pl.col("_k")).then(keyword_detail),
+        separator="; ", ignore_nulls=True).alias("safety_detail"))
+    return df.join(details, on="_i", how="left", maintain_order="left").with_columns(
         (pl.col("_d") | pl.col("_k")).alias("safety"),
         pl.when(pl.col("_d") & pl.col("_k")).then(pl.lit("detoxify+keyword"))
         .when(pl.col("_d")).then(pl.lit("detoxify"))
         .when(pl.col("_k")).then(pl.lit("keyword"))
         .otherwise(pl.lit("none")).alias("safety_source"),
-        pl.concat_str(pl.when(pl.col("_d")).then(detox_detail),
-                      pl.when(pl.col("_k")).then(kw_detail),
-                      separator="; ", ignore_nulls=True).replace("", None)
-        .alias("safety_detail"),
-    ).drop("_d", "_k")
+    ).drop("_i", "_d", "_k")

@@ -55,34 +55,36 @@ def fetch_hf_dataset(spec: str, split: str, data_files: str | None, cache_dir: P
     try:
         ds = datasets.load_dataset(name, split=split, data_files=data_files,
                                    cache_dir=str(cache_dir))
-    except (ConnectionError, TimeoutError) as exc:
-        raise TransientError(f"Hugging Face dataset {name!r}: {exc}") from exc
     except Exception as exc:
-        offline = "offline" in str(exc).lower() or "HF_HUB_OFFLINE" in str(exc)
-        hint = (" Offline mode is on (HF_HUB_OFFLINE=1): load it once online, or pass a "
-                "local CSV/Parquet file with --input.") if offline else ""
+        if "offline" in f"{type(exc).__name__} {exc}".lower():
+            raise InputError(f"cannot load Hugging Face dataset {name!r}: offline mode is on "
+                             "(HF_HUB_OFFLINE=1). Load it once online, or pass a local "
+                             "CSV/Parquet file with --input.", path=spec) from exc
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            raise TransientError(f"Hugging Face dataset {name!r}: {exc}") from exc
         raise InputError(f"cannot load Hugging Face dataset {name!r} (split {split!r}): "
-                         f"{type(exc).__name__}: {exc}.{hint}", path=spec) from exc
+                         f"{type(exc).__name__}: {exc}", path=spec) from exc
     dest.parent.mkdir(parents=True, exist_ok=True)
     ds.to_parquet(str(dest))
     return dest
 
 
 def _from_values(values: list[Any], prompt_column: str, path: Path) -> pl.DataFrame:
-    """Rows from decoded JSON values: strings, or objects with the prompt field."""
+    """Rows from decoded JSON values: strings, or objects with the prompt field (a list
+    mostly of objects is a list of records). A value of the wrong kind is a bad row."""
+    objects = [v for v in values if isinstance(v, dict)]
+    of_objects = len(objects) > sum(isinstance(v, str) for v in values)
+    if of_objects and not any(prompt_column in o for o in objects):
+        raise InputError(f"no object has the prompt field (fields seen: "
+                         f"{sorted(objects[0])[:12]})", path=str(path), field=prompt_column)
     prompts: list[str | None] = []
     errors: list[str | None] = []
     ids: list[str | None] = []
-    objects = [v for v in values if isinstance(v, dict)]
-    if objects and not any(prompt_column in o for o in objects):
-        raise InputError(f"no object has the prompt field {prompt_column!r} "
-                         f"(fields seen: {sorted(objects[0])[:12]})", path=str(path))
     for value in values:
-        if isinstance(value, dict):
-            ids.append(None if value.get("uuid") is None else str(value.get("uuid")))
+        is_record = isinstance(value, dict) and (of_objects or prompt_column in value)
+        ids.append(str(value["uuid"]) if is_record and value.get("uuid") is not None else None)
+        if is_record:
             value = value.get(prompt_column)
-        else:
-            ids.append(None)
         if value is None:
             prompts.append(None)
             errors.append("null_prompt")
@@ -161,21 +163,20 @@ def _read_table(path: Path, fmt: str, prompt_column: str) -> pl.DataFrame:
     if prompt.dtype == pl.Binary:
         prompt = pl.Series([None if b is None else b.decode("utf-8", errors="replace")
                             for b in prompt], dtype=pl.String)
-    if prompt.dtype == pl.String:
-        error = (pl.when(prompt.is_null()).then(pl.lit("null_prompt"))
-                 .when(prompt.str.contains(_REPLACEMENT, literal=True))
-                 .then(pl.lit("invalid_utf8")))
-    else:
-        error = pl.when(prompt.is_null()).then(pl.lit("null_prompt")).otherwise(
-            pl.lit("not_a_string"))
-        prompt = prompt.cast(pl.String, strict=False)
-    extra = [pl.col(c).cast(pl.Float64, strict=False) for c in DETOXIFY_COLUMNS
-             if c in df.columns]
+    text = prompt.dtype == pl.String
+    columns = [
+        prompt.cast(pl.String, strict=False).alias("prompt"),
+        pl.when(prompt.is_null()).then(pl.lit("null_prompt"))
+        .when(pl.lit(not text)).then(pl.lit("not_a_string"))
+        .when(prompt.cast(pl.String, strict=False).str.contains(_REPLACEMENT, literal=True))
+        .then(pl.lit("invalid_utf8")).otherwise(pl.lit(None, pl.String)).alias("read_error"),
+        *[pl.col(c).cast(pl.Float64, strict=False) for c in DETOXIFY_COLUMNS if c in df.columns],
+    ]
     if "uuid" in df.columns:
-        extra.append(pl.col("uuid").cast(pl.String).alias("source_id"))
+        columns.append(pl.col("uuid").cast(pl.String).alias("source_id"))
     if "time" in df.columns:
-        extra.append(pl.col("time").cast(pl.String))
-    return df.select(*extra).with_columns(prompt.alias("prompt"), error.alias("read_error"))
+        columns.append(pl.col("time").cast(pl.String))
+    return df.select(columns)
 
 
 def read_raw(path: Path, prompt_column: str = "prompt") -> pl.DataFrame:

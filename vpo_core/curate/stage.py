@@ -73,7 +73,7 @@ def _sample_self_bleu(texts: pl.Series, order: int, seed: int) -> float:
     return round(self_bleu([tokenize(t) for t in rows[:SELF_BLEU_SAMPLE]], order), 4)
 
 
-def _prepare(readable: pl.DataFrame) -> pl.DataFrame:
+def prepare(readable: pl.DataFrame) -> pl.DataFrame:
     """Normalised query, flag columns and the character counts the rules read."""
     query = normalize_series(readable.get_column("original")).alias("query")
     flags = flag_frame(query)
@@ -99,7 +99,7 @@ def clean(raw_ref: DataRef, filters: FilterConfig, near: NearDuplicateConfig, ou
     rejects = [_rejects(raw.filter(pl.col("read_error").is_not_null()), pl.col("read_error"),
                         query=pl.lit(None, pl.String))]
     with t.phase("normalise"):
-        df = _prepare(raw.filter(pl.col("read_error").is_null()))
+        df = prepare(raw.filter(pl.col("read_error").is_null()))
         del raw
     with t.phase("rules"):
         df, rejected = apply_rules(df, filters, needs_tokens=False)

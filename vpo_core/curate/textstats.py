@@ -13,6 +13,7 @@ the bytes with a polynomial hash, so no per-word Python strings are ever made.
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ import polars as pl
 PUNCT = ".,;:!?'\"()[]-&/+#%*@_"
 _UNI_PUNCT = "’‘“”—–…«»·"
 _CHUNK_BYTES = 8 << 20
+_THREADS = 2
 _P = np.uint64(0x100000001B3)
 _P_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
 
@@ -91,9 +93,14 @@ def char_stats(s: pl.Series) -> pl.DataFrame:
     space nor ordinary punctuation) and ``non_latin`` (letters outside the Latin script)."""
     offsets, data = _buffers(s)
     packed = np.zeros(len(offsets) - 1, dtype=np.uint64)
-    for lo, hi in _row_chunks(offsets):
+
+    def count(rows: tuple[int, int]) -> None:
+        lo, hi = rows
         packed[lo:hi] = _row_sums(_PACKED[data[offsets[lo]:offsets[hi]]],
                                   offsets[lo:hi + 1] - offsets[lo])
+
+    with ThreadPoolExecutor(_THREADS) as pool:  # numpy releases the GIL
+        list(pool.map(count, _row_chunks(offsets)))
     chars = np.diff(offsets)
     field = [((packed >> np.uint64(16 * k)) & _FIELD).astype(np.int64) for k in range(4)]
     out = pl.DataFrame({
@@ -175,12 +182,12 @@ class Tokens:
         p = np.uint64((int(_P) ^ (seed * 2)) | 1)
         powers = _powers(p, size)
         inverse = _powers(np.uint64(pow(int(p), -1, 1 << 64)), size)
-        counts, hashes = [], []
-        for lo, hi in chunks:
-            c, h = _hash_runs(data[offsets[lo]:offsets[hi]], offsets[lo:hi + 1] - offsets[lo],
-                              powers, inverse)
-            counts.append(c)
-            hashes.append(h)
+        with ThreadPoolExecutor(_THREADS) as pool:  # numpy releases the GIL
+            parts = list(pool.map(lambda c: _hash_runs(
+                data[offsets[c[0]]:offsets[c[1]]], offsets[c[0]:c[1] + 1] - offsets[c[0]],
+                powers, inverse), chunks))
+        counts = [c for c, _ in parts]
+        hashes = [h for _, h in parts]
         lengths = np.concatenate(counts) if counts else np.zeros(len(offsets) - 1, np.int64)
         return cls(np.repeat(np.arange(len(lengths), dtype=np.int32), lengths),
                    np.concatenate(hashes) if hashes else np.empty(0, np.uint64), lengths)

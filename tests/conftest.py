@@ -1,0 +1,47 @@
+"""Test settings: offline, Prefect's home in a temp folder, one Prefect harness per session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before anything imports Prefect, litellm or huggingface_hub.
+_HOME = Path(tempfile.mkdtemp(prefix="vpo-tests-"))
+os.environ.update({
+    "HF_HUB_OFFLINE": "1",
+    "HF_HOME": str(_HOME / "hf"),
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "PREFECT_HOME": str(_HOME / "prefect"),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(_HOME / "results"),
+})
+(_HOME / "prefect").mkdir(parents=True, exist_ok=True)
+
+import pytest  # noqa: E402
+
+from vpo_core.config import PipelineConfig, SplitConfig  # noqa: E402
+from vpo_core.workdir import WorkDir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One real Prefect API server (SQLite) for every flow test of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> WorkDir:
+    return WorkDir.at(tmp_path / "work").create()
+
+
+@pytest.fixture
+def tiny_config(work: WorkDir) -> PipelineConfig:
+    """The embedded default with small splits, in the test's own work directory."""
+    cfg = PipelineConfig(work_dir=work.root)
+    cfg.curate.split = SplitConfig(sft=20, dpo=10, eval=5)
+    return cfg
