@@ -34,9 +34,18 @@ _THREADS = 2
 _MASK62 = np.uint64((1 << 62) - 1)
 
 
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
 def query_ids(keys: pl.Series) -> pl.Series:
-    """Stable ids of dedup keys: ``q`` + 16 hex digits of their 64-bit hash."""
-    return pl.Series([f"q{h:016x}" for h in string_hashes(keys).tolist()], dtype=pl.String)
+    """Stable ids of dedup keys: ``q`` + 16 hex digits of their 64-bit hash (formatted
+    with numpy: a Python f-string per id costs seconds at VidProM scale)."""
+    h = string_hashes(keys)
+    shifts = np.arange(60, -4, -4, dtype=np.uint64)
+    text = np.empty((len(h), 17), dtype=np.uint8)
+    text[:, 0] = ord("q")
+    text[:, 1:] = _HEX[(h[:, None] >> shifts) & np.uint64(15)]
+    return pl.Series(text.view("S17").ravel()).cast(pl.String)
 
 
 @dataclass
