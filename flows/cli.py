@@ -82,7 +82,8 @@ def _print_outputs(outputs: dict[str, Any], indent: str = "  ") -> None:
 def run(config: ConfigOpt = None, force: Annotated[list[Stage] | None, typer.Option(
         "--force", help="Recompute this stage even if cached (repeatable).")] = None,
         work_dir: WorkOpt = None, set_: SetOpt = None) -> None:
-    """Run the pipeline (today: curate) on a preset or YAML config, resuming from cache."""
+    """Run the pipeline (today: curate, sft-data) on a preset or YAML config, resuming from
+    cache."""
     cfg = _load(config, set_, work_dir)
     from flows.pipeline import pipeline_flow
 
@@ -104,6 +105,19 @@ def curate(input: Annotated[str | None, typer.Option(
     from flows.curate import curate_flow
 
     outputs = _finish(curate_flow(cfg, force=force, return_state=True), "curate")
+    _print_outputs(outputs)
+
+
+@app.command("sft-data")
+def sft_data(config: ConfigOpt = None,
+             force: Annotated[bool, typer.Option("--force", help="Recompute every shard.")]
+             = False, work_dir: WorkOpt = None, set_: SetOpt = None) -> None:
+    """Build the SFT data: teacher prompts, judge critiques and refinements of the SFT split
+    (curating first if needed)."""
+    cfg = _load(config, set_, work_dir)
+    from flows.sft_data import sft_data_flow
+
+    outputs = _finish(sft_data_flow(cfg, force=force, return_state=True), "sft-data")
     _print_outputs(outputs)
 
 

@@ -30,11 +30,16 @@ def curate_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False
                        seed=config.seed)
     label = run_cached(steps.label, work, force, stage="curate",
                        candidates=clean["candidates"], safety=cfg.safety)
+    stats = {"ingest": ingest["stats"], "clean": clean["stats"], "label": label["stats"]}
+    if cfg.safety.llm_recheck:
+        label = run_cached(steps.recheck_safety, work, force, stage="curate",
+                           labelled=label["labelled"], safety=cfg.safety, split=cfg.split,
+                           seed=config.seed, judge=config.judge, model_cache=str(work.models))
+        stats["recheck"] = label["stats"]
     split = run_cached(steps.split, work, force, stage="curate", labelled=label["labelled"],
                        split=cfg.split, seed=config.seed)
+    stats["split"] = split["stats"]
     outputs = {"queries": split["queries"], "rejects": clean["rejects"]}
-    stats = {"ingest": ingest["stats"], "clean": clean["stats"], "label": label["stats"],
-             "split": split["stats"]}
     publish_stage("curate", summary_markdown(stats, outputs), sample_rows(outputs["queries"]))
     print(f"curate: {outputs['queries'].rows:,} queries -> {outputs['queries'].path}; "
           f"{outputs['rejects'].rows:,} rejects -> {outputs['rejects'].path}")

@@ -61,8 +61,10 @@ def source_digest(modules: tuple[str, ...]) -> str:
     digest = hashlib.sha256()
     for name in sorted(modules):
         module = importlib.import_module(name)
-        root = Path(module.__file__)
-        files = sorted(root.parent.rglob("*.py")) if root.name == "__init__.py" else [root]
+        if hasattr(module, "__path__"):  # a package: all its source files
+            files = sorted(p for root in module.__path__ for p in Path(root).rglob("*.py"))
+        else:
+            files = [Path(module.__file__)]
         for path in files:
             digest.update(path.read_bytes())
     return digest.hexdigest()

@@ -8,14 +8,16 @@ from typing import Any
 from prefect import task
 
 from tasks.caching import run_cached, stage_task
+from tasks.llm import judge_api_key
 from vpo_core.config import (
     CurateConfig,
     FilterConfig,
+    LLMConfig,
     NearDuplicateConfig,
     SafetyConfig,
     SplitConfig,
 )
-from vpo_core.curate import stage
+from vpo_core.curate import recheck, stage
 from vpo_core.curate.sources import HF_PREFIX, fetch_hf_dataset, input_path
 from vpo_core.tables import DataRef, ref_for
 from vpo_core.workdir import WorkDir
@@ -60,6 +62,15 @@ def clean(raw: DataRef, filters: FilterConfig, near_duplicates: NearDuplicateCon
 @stage_task(name="curate-label-safety", modules=MODULES)
 def label(candidates: DataRef, safety: SafetyConfig, out_dir: str) -> dict[str, Any]:
     return stage.label(candidates, safety, Path(out_dir))
+
+
+@stage_task(name="curate-recheck-safety",
+            modules=(*MODULES, "vpo_core.llm", "vpo_core.prompts", "vpo_core.models"))
+def recheck_safety(labelled: DataRef, safety: SafetyConfig, split: SplitConfig, seed: int,
+                   judge: LLMConfig, model_cache: str, out_dir: str) -> dict[str, Any]:
+    """The judge LLM re-checks the flagged queries the splits may use."""
+    return recheck.recheck(labelled, safety, split, seed, judge, Path(out_dir),
+                           judge_api_key(judge), model_cache)
 
 
 @stage_task(name="curate-split", modules=MODULES)

@@ -41,7 +41,37 @@ def work(tmp_path: Path) -> WorkDir:
 
 @pytest.fixture
 def tiny_config(work: WorkDir) -> PipelineConfig:
-    """The embedded default with small splits, in the test's own work directory."""
+    """The embedded default with small splits, in the test's own work directory, without
+    the judge's safety re-check (tests that need a judge use the ``judge`` fixture)."""
     cfg = PipelineConfig(work_dir=work.root)
     cfg.curate.split = SplitConfig(sft=20, dpo=10, eval=5)
+    cfg.curate.safety.llm_recheck = False
     return cfg
+
+
+@pytest.fixture
+def fake_llm():
+    """A real OpenAI-compatible server on 127.0.0.1 (see vpo_core.testing.openai_server)."""
+    from vpo_core.testing.openai_server import FakeOpenAI, ServerThread
+
+    with ServerThread(FakeOpenAI(retry_after=0.01, hang_seconds=3)) as server:
+        yield server
+
+
+@pytest.fixture
+def judge(fake_llm):
+    """Judge settings pointing at the fake server, with fast retries."""
+    from vpo_core.config import LLMConfig
+
+    return LLMConfig(model="openai/fake-judge", api_base=fake_llm.api_base, timeout_s=1.0,
+                     retry_base_s=0.01, max_retries=6, parse_mode="strict")
+
+
+@pytest.fixture(scope="session")
+def bundled_models(tmp_path_factory) -> Path:
+    """The bundled SmolLM2 converted once per session (~25 s), shared by the tests."""
+    from vpo_core.models.bundled import bundled_model_dir
+
+    root = tmp_path_factory.mktemp("models")
+    bundled_model_dir(root)
+    return root

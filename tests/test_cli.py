@@ -53,7 +53,8 @@ def test_curate_from_the_command_line(tmp_path: Path) -> None:
     work = tmp_path / "work"
     done = _vpo(["curate", "--input", str(queries), "--work-dir", str(work),
                  "--set", "curate.split.sft=2", "--set", "curate.split.dpo=1",
-                 "--set", "curate.split.eval=0"], home)
+                 "--set", "curate.split.eval=0", "--set", "curate.safety.llm_recheck=false"],
+                home)
     assert done.returncode == 0, done.stderr
     assert "queries: 3 rows" in done.stdout and "rejects: 1 rows" in done.stdout
     assert (work / "prefect").is_dir() and any((work / "results").iterdir())

@@ -124,10 +124,12 @@ def test_artifacts(config: PipelineConfig) -> None:
     assert {r["split"] for r in rows} == {"sft", "dpo", "eval"}
 
 
-def test_pipeline_runs_curate_and_forces_it(config: PipelineConfig) -> None:
+def test_pipeline_runs_curate_and_forces_it(config: PipelineConfig, judge) -> None:
+    config.judge = judge
     out = pipeline_flow(config)
     again = pipeline_flow(config, force=[Stage.curate])
     assert out["curate"]["queries"].sha256 == again["curate"]["queries"].sha256
+    assert out["sft-data"]["sft_examples"].sha256 == again["sft-data"]["sft_examples"].sha256
 
 
 calls: dict[str, int] = {}

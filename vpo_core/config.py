@@ -75,14 +75,19 @@ class SafetyConfig(Section):
     keywords: list[str] | None = Field(None, description="Unsafe keywords (whole words, case-"
                                        "insensitive). Empty list: no keyword rule. Default: "
                                        "the bundled list vpo_core/data/safety_keywords.txt.")
+    llm_recheck: bool = Field(True, description="Have the judge LLM re-check the flagged "
+                              "queries the splits may use (the paper re-evaluates "
+                              "Detoxify-labelled queries with GPT-4o).")
+    recheck_oversample: float = Field(2.0, ge=1, description="Re-check this many times the "
+                                      "safety queries the splits need, in split order.")
 
 
 class SplitConfig(Section):
     """Sizes of the SFT, DPO and evaluation sets (paper: 10k + 10k, ~10% safety)."""
 
-    sft: int = Field(64, ge=0, description="Queries for SFT data generation (paper: 10,000).")
-    dpo: int = Field(32, ge=0, description="Queries for preference data (paper: 10,000).")
-    eval: int = Field(16, ge=0, description="Held-out queries for evaluation.")
+    sft: int = Field(16, ge=0, description="Queries for SFT data generation (paper: 10,000).")
+    dpo: int = Field(12, ge=0, description="Queries for preference data (paper: 10,000).")
+    eval: int = Field(8, ge=0, description="Held-out queries for evaluation.")
     safety_share: float = Field(0.1, ge=0, le=1, description="Share of safety queries in "
                                 "each split (paper: ~2k of 20k).")
 
@@ -136,17 +141,30 @@ class LLMConfig(Section):
 
     model: str = Field("local/smollm2-135m-instruct", description="litellm model name: "
                        "'gpt-4o', 'anthropic/...', 'openai/<name>' with api_base for a vLLM "
-                       "server, or the embedded 'local/smollm2-135m-instruct'.")
+                       "or other OpenAI-compatible server, or the embedded "
+                       "'local/smollm2-135m-instruct'.")
     api_base: str | None = Field(None, description="Base URL of an OpenAI-compatible server.")
     api_key_env: str | None = Field(None, description="Environment variable with the API key.")
     api_key_secret: str | None = Field(None, description="Prefect Secret block with the key.")
+    transport: Literal["auto", "litellm", "http"] = Field(
+        "auto", description="'litellm' for any provider; 'http' posts straight to an OpenAI-"
+        "compatible api_base (less CPU per call); 'auto' picks http for openai/<name> with an "
+        "api_base, else litellm.")
     temperature: float = Field(0.0, ge=0, le=2)
-    max_tokens: int = Field(512, ge=1)
-    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    max_tokens: int = Field(128, ge=1, description="Longest answer in tokens (paper: 1024).")
+    seed: int | None = Field(0, description="Sampling seed sent with each request.")
+    concurrency: int = Field(16, ge=1, description="Requests in flight at once (the local "
+                             "model batches this many).")
     requests_per_minute: int | None = Field(None, ge=1)
     tokens_per_minute: int | None = Field(None, ge=1)
     timeout_s: float = Field(120.0, gt=0, description="Timeout of one attempt.")
     max_retries: int = Field(5, ge=0, description="Retries of transient errors per call.")
+    retry_base_s: float = Field(1.0, gt=0, description="First backoff delay; doubles per "
+                                "retry, with jitter (a Retry-After header wins).")
+    parse_mode: Literal["strict", "lenient"] = Field(
+        "lenient", description="How answers are parsed. 'strict': only the template's format "
+        "([[start]]...[[end]], 'Final Judgement (Yes or No): ...'). 'lenient' also accepts a "
+        "bare prompt or a lone Yes/No, for small local models that ignore formats.")
 
 
 class PolicyConfig(Section):
@@ -162,7 +180,7 @@ class PolicyConfig(Section):
 class SftDataConfig(Section):
     """Few-shot generation, principle critique and refinement of the SFT data (§3.1)."""
 
-    shard_size: int = Field(16, ge=1, description="Queries per cached shard.")
+    shard_size: int = Field(8, ge=1, description="Queries per cached shard.")
     refine: bool = Field(True, description="Refine the prompts the critique judges 'No'.")
 
 

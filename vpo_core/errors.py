@@ -29,6 +29,10 @@ class ConfigError(VPOError):
     """A configuration file or value that does not validate."""
 
 
+class StageFailed(VPOError):
+    """A stage that cannot produce its output (e.g. every LLM call failed); not retried."""
+
+
 class TransientError(VPOError):
     """A failure worth retrying: rate limit, timeout, dropped connection, 5xx."""
 
@@ -45,7 +49,7 @@ _TRANSIENT_NAMES = {"RateLimitError", "InternalServerError", "ServiceUnavailable
 
 def is_transient(exc: BaseException) -> bool:
     """True for errors a retry with backoff can fix; False for everything else."""
-    if isinstance(exc, (InputError, ConfigError)):
+    if isinstance(exc, (InputError, ConfigError, StageFailed)):
         return False
     if isinstance(exc, _TRANSIENT_TYPES):
         return True

@@ -51,8 +51,13 @@ _QUERY_FIELDS = [
 ]
 _SAFETY_FIELDS = [
     _f("safety", pa.bool_(), False),           # True: a safety (unsafe) query
-    _f("safety_source", pa.string(), False),   # none / detoxify / keyword / detoxify+keyword
+    _f("safety_source", pa.string(), False),   # none / detoxify / keyword / detoxify+keyword,
+                                               # "+llm" when the judge confirmed, "llm" when
+                                               # it overruled the rules
     _f("safety_detail", pa.string()),          # e.g. "sexual_explicit=0.91" or "keyword: gore"
+    _f("safety_check", pa.string()),           # judge re-check: confirmed / overruled /
+                                               # refusal / unparseable / error:<kind>; null
+                                               # when not re-checked
 ]
 
 # Queries that passed the rule filter and deduplication.
@@ -73,10 +78,35 @@ REJECTS = pa.schema([
     _f("duplicate_of", pa.string()),           # query_id of the kept query it duplicates
 ])
 
+# One row per SFT query: teacher generation, judge critique, refinement (paper §3.1).
+SFT_EXAMPLES = pa.schema([
+    _f("query_id", pa.string(), False),
+    _f("query", pa.string(), False),
+    _f("shard", pa.int32(), False),
+    _f("generation", pa.string()),             # the teacher's raw answer
+    _f("generated", pa.string()),              # the prompt parsed from it
+    _f("generation_status", pa.string(), False),   # ok / refusal / unparseable / error:<kind>
+    _f("critique", pa.string()),               # the judge's raw answer
+    _f("judgement", pa.string()),              # yes / no
+    _f("critique_status", pa.string(), False),     # ... or skipped
+    _f("refinement", pa.string()),
+    _f("refined", pa.string()),
+    _f("refine_status", pa.string(), False),       # ... or skipped (judged yes, refine off)
+    _f("final_prompt", pa.string()),           # refined when it parsed, else generated
+    _f("status", pa.string(), False),          # ok, or why there is no final prompt
+    _f("fallback_parse", pa.bool_(), False),   # a lenient parse was needed somewhere
+    _f("model", pa.string(), False),
+    _f("prompt_tokens", pa.int64(), False),
+    _f("completion_tokens", pa.int64(), False),
+    _f("cost", pa.float64(), False),
+    _f("calls", pa.int32(), False),
+])
+
 TABLES: dict[str, pa.Schema] = {
     "raw": RAW,
     "candidates": CANDIDATES,
     "labelled": LABELLED,
     "queries": QUERIES,
     "rejects": REJECTS,
+    "sft_examples": SFT_EXAMPLES,
 }

@@ -78,6 +78,11 @@ def write_json(path: str | Path, obj: object) -> DataRef:
     return ref_for(path)
 
 
+def polars_schema(table: str) -> pl.Schema:
+    """A table's schema in polars types, for building frames row by row."""
+    return pl.from_arrow(TABLES[table].empty_table()).schema
+
+
 def conform(df: pl.DataFrame, table: str) -> pa.Table:
     """Cast a DataFrame to a table's schema; refuse missing/extra columns and bad nulls."""
     schema = TABLES[table]

@@ -40,6 +40,11 @@ class WorkDir:
         return self.root / "results"
 
     @property
+    def models(self) -> Path:
+        """Converted and trained models (the bundled SmolLM2 as a Hugging Face folder)."""
+        return self.root / "models"
+
+    @property
     def hf_home(self) -> Path:
         return self.root / "hf"
 

@@ -48,4 +48,5 @@ def label_safety(df: pl.DataFrame, cfg: SafetyConfig) -> pl.DataFrame:
         .when(pl.col("_d")).then(pl.lit("detoxify"))
         .when(pl.col("_k")).then(pl.lit("keyword"))
         .otherwise(pl.lit("none")).alias("safety_source"),
+        pl.lit(None, pl.String).alias("safety_check"),
     ).drop("_i", "_d", "_k")

@@ -203,9 +203,14 @@ def summary_markdown(stats: dict[str, Any], outputs: dict[str, DataRef]) -> str:
                      f"({r['requested_safety']:,} safety) |")
     lines.append(f"| unused | | | {spl['unused']:,} |")
     sb = cln["self_bleu"]
-    lines += ["", f"Safety queries: {lab['safety']:,} "
-              f"({', '.join(f'{k}: {v:,}' for k, v in lab['by_source'].items()) or 'none'}).",
-              f"Self-BLEU-{sb['order']} (Texygen, {sb['sample']:,}-query sample): "
+    lines += ["", f"Safety queries flagged by the rules: {lab['safety']:,} "
+              f"({', '.join(f'{k}: {v:,}' for k, v in lab['by_source'].items()) or 'none'})."]
+    if "recheck" in stats:
+        rc = stats["recheck"]
+        lines.append(f"Judge re-check of {rc['asked']:,} flagged queries: "
+                     f"{', '.join(f'{k} {v:,}' for k, v in rc['outcomes'].items()) or 'none'}"
+                     f" ({rc['tokens']:,} tokens, ${rc['cost']:.4f}).")
+    lines += [f"Self-BLEU-{sb['order']} (Texygen, {sb['sample']:,}-query sample): "
               f"{sb['before_near_dedup']} before near-duplicate removal, {sb['after']} after "
               "(lower is more diverse).", "", "| step | seconds |", "|---|---:|"]
     for step in ("ingest", "clean", "label", "split"):

@@ -1,0 +1,34 @@
+"""Prefect tasks of the sft-data stage: one cached task per shard, then a merge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from tasks.caching import stage_task
+from tasks.llm import judge_api_key
+from vpo_core.config import LLMConfig, SftDataConfig
+from vpo_core.sft_data import stage
+from vpo_core.tables import DataRef
+
+MODULES = ("vpo_core.sft_data", "vpo_core.llm", "vpo_core.prompts", "vpo_core.models")
+
+
+@task(name="sft-data-plan")
+def plan(queries: DataRef, shard_size: int) -> list[list[dict[str, str]]]:
+    """The SFT split cut into shards (read from the queries table)."""
+    return stage.shard_queries(queries, shard_size)
+
+
+@stage_task(name="sft-data-shard", modules=MODULES)
+def shard(rows: list[dict[str, str]], index: int, judge: LLMConfig, cfg: SftDataConfig,
+          model_cache: str, out_dir: str) -> dict[str, Any]:
+    return stage.run_shard(rows, index, judge, cfg, Path(out_dir), judge_api_key(judge),
+                           model_cache)
+
+
+@stage_task(name="sft-data-merge", modules=MODULES)
+def merge(shards: list[DataRef], out_dir: str) -> dict[str, Any]:
+    return stage.merge(shards, Path(out_dir))

@@ -1,0 +1,1 @@
+"""Model files: the bundled SmolLM2 and where converted models are kept."""

@@ -1,0 +1,1 @@
+"""The sft-data stage: teacher generation, judge critique, refinement (paper §3.1)."""
