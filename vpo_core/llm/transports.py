@@ -4,7 +4,6 @@ whether a retry can help."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import orjson
 
 from vpo_core.config import LLMConfig
 
@@ -147,8 +147,11 @@ class HTTPTransport:
                  session: aiohttp.ClientSession) -> None:
         self.cfg, self.session = cfg, session
         self.url = cfg.api_base.rstrip("/") + "/chat/completions"
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.headers = {"Content-Type": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
         self.model = cfg.model.split("/", 1)[1]
+        self.timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
 
     async def complete(self, request: LLMRequest) -> Completion:
         cfg = self.cfg
@@ -159,23 +162,23 @@ class HTTPTransport:
         if cfg.seed is not None:
             payload["seed"] = cfg.seed
         try:
-            async with self.session.post(self.url, json=payload, headers=self.headers,
-                                         timeout=aiohttp.ClientTimeout(total=cfg.timeout_s)
-                                         ) as resp:
-                body = await resp.text()
+            async with self.session.post(self.url, data=orjson.dumps(payload),
+                                         headers=self.headers, timeout=self.timeout) as resp:
+                body = await resp.read()
                 if resp.status != 200:
-                    raise CallError(kind_of_status(resp.status, body),
-                                    f"HTTP {resp.status}: {body[:300]}",
+                    text = body.decode(errors="replace")
+                    raise CallError(kind_of_status(resp.status, text),
+                                    f"HTTP {resp.status}: {text[:300]}",
                                     retry_after=_retry_after(resp.headers.get("retry-after")))
         except TimeoutError:
             raise CallError("timeout", f"no answer within {cfg.timeout_s} s") from None
         except aiohttp.ClientError as exc:
             raise CallError("connection", f"{type(exc).__name__}: {exc}") from None
         try:
-            data = json.loads(body)
+            data = orjson.loads(body)
             choices = data.get("choices") or []
             text = choices[0]["message"]["content"] if choices else None
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, IndexError):
             raise CallError("malformed", f"not a chat completion: {body[:200]!r}") from None
         if text is None:
             raise CallError("empty", "the answer had no choices or no content")
