@@ -36,8 +36,11 @@ class DataRef(BaseModel):
     table: str | None = None
 
     def is_valid(self) -> bool:
-        """True while the file still exists with the content this reference was made for."""
+        """True while the file (or folder) still exists with the content this reference
+        was made for."""
         path = Path(self.path)
+        if path.is_dir():
+            return dir_sha256(path) == self.sha256
         return path.is_file() and file_sha256(path) == self.sha256
 
 
@@ -48,6 +51,22 @@ def file_sha256(path: str | Path) -> str:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def dir_sha256(path: str | Path) -> str:
+    """SHA-256 over a folder's files (relative names and contents), e.g. a saved model."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(root)).encode() + b"\0")
+        digest.update(file_sha256(file).encode())
+    return digest.hexdigest()
+
+
+def ref_for_dir(path: str | Path, table: str = "model") -> DataRef:
+    """Reference a folder (a trained model) by the hash of its files."""
+    path = Path(path).resolve()
+    return DataRef(path=str(path), sha256=dir_sha256(path), table=table)
 
 
 def ref_for(path: str | Path, table: str | None = None, rows: int | None = None) -> DataRef:
