@@ -13,7 +13,8 @@ from vpo_core.config import LLMConfig, SftDataConfig
 from vpo_core.sft_data import stage
 from vpo_core.tables import DataRef
 
-MODULES = ("vpo_core.sft_data", "vpo_core.llm", "vpo_core.prompts", "vpo_core.models")
+MODULES = ("vpo_core.sft_data", "vpo_core.shards", "vpo_core.llm", "vpo_core.prompts",
+           "vpo_core.models")
 
 
 @task(name="sft-data-plan")

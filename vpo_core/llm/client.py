@@ -34,10 +34,11 @@ MAX_RETRY_AFTER = 60.0
 
 @dataclass(frozen=True)
 class LLMRequest:
-    """One chat completion to make; ``id`` ties the answer back to its row."""
+    """One chat completion to make; ``id`` ties the answer back to its row. A message's
+    ``content`` is text, or a list of OpenAI content parts (text and image_url)."""
 
     id: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     max_tokens: int | None = None
     temperature: float | None = None
 

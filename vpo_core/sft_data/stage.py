@@ -21,6 +21,7 @@ from vpo_core.errors import StageFailed
 from vpo_core.llm.client import LLMClient, LLMRequest, LLMResult
 from vpo_core.prompts.parsing import Parsed, extract_prompt, parse_verdict
 from vpo_core.prompts.templates import critique_messages, generation_messages, refine_messages
+from vpo_core.shards import split_shards
 from vpo_core.tables import DataRef, polars_schema, read_table, write_table
 
 SKIPPED = "skipped"
@@ -28,10 +29,7 @@ SKIPPED = "skipped"
 
 def shard_queries(queries_ref: DataRef, size: int) -> list[list[dict[str, str]]]:
     """The SFT split as shards of {query_id, query}, in query-id order."""
-    df = (read_table(queries_ref, "queries").filter(pl.col("split") == "sft")
-          .sort("query_id").select("query_id", "query"))
-    rows = df.to_dicts()
-    return [rows[i:i + size] for i in range(0, len(rows), size)]
+    return split_shards(queries_ref, "sft", size)
 
 
 def _status(result: LLMResult, parsed: Parsed) -> str:

@@ -34,9 +34,17 @@ from fastapi.responses import JSONResponse, Response
 FAULTS = ("rate_limit", "server_error", "hang", "malformed", "empty")
 
 
+def message_text(content: str | list[dict]) -> str:
+    """A message's text: the content itself, or its text parts joined (vision requests
+    send a list of text and image_url parts)."""
+    if isinstance(content, str):
+        return content
+    return "\n".join(p.get("text", "") for p in content if p.get("type") == "text")
+
+
 def default_responder(messages: list[dict]) -> str:
     """A plausible answer to VPO's generation, critique, refinement and safety prompts."""
-    last = messages[-1]["content"]
+    last = message_text(messages[-1]["content"])
     digest = int(hashlib.sha256(last.encode()).hexdigest(), 16)
     query = re.search(r"User Query: “(.*?)”", last, re.S)
     topic = (query.group(1) if query else last[-80:]).strip()[:120]
@@ -96,7 +104,7 @@ class FakeOpenAI:
         body = await request.json()
         messages = body.get("messages", [])
         self.arrivals.append(time.monotonic())
-        self.requests[messages[-1]["content"] if messages else ""] += 1
+        self.requests[message_text(messages[-1]["content"]) if messages else ""] += 1
         if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
             self.outcomes["auth"] += 1
             return JSONResponse({"error": {"message": "Incorrect API key provided",
@@ -119,7 +127,7 @@ class FakeOpenAI:
             return Response('{"id": "chatcmpl-x", "choices": [{"message": ', status_code=200,
                             media_type="application/json")
         text = self.responder(messages)
-        prompt_tokens = sum(len(m.get("content", "").split()) for m in messages)
+        prompt_tokens = sum(len(message_text(m.get("content", "")).split()) for m in messages)
         choices = [] if fault == "empty" else [{
             "index": 0, "finish_reason": "stop",
             "message": {"role": "assistant", "content": text}}]

@@ -1,0 +1,37 @@
+"""The pairs flow: ``text_pairs`` + ``rewards`` -> ``dpo_pairs`` (TRL conversational)."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow
+
+from flows.score import score_flow
+from flows.text_feedback import text_feedback_flow
+from tasks import pairs as steps
+from tasks.artifacts import publish_stage, stats_markdown
+from tasks.caching import run_cached
+from vpo_core.config import DEFAULT_CONFIG, PipelineConfig
+from vpo_core.tables import DataRef, read_table
+from vpo_core.workdir import WorkDir
+
+
+@flow(name="pairs", log_prints=True)
+def pairs_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
+               text_pairs: DataRef | None = None, rewards: DataRef | None = None
+               ) -> dict[str, DataRef]:
+    """Video pairs (score gap above the margin, checklist dominance) merged with the text
+    pairs, text first, one per query by default."""
+    start, work = time.perf_counter(), WorkDir.at(config.work_dir)
+    text_pairs = text_pairs or text_feedback_flow(config)["text_pairs"]
+    rewards = rewards or score_flow(config)["rewards"]
+    out = run_cached(steps.build, work, force, stage="pairs", text_pairs=text_pairs,
+                     rewards=rewards, cfg=config.pairs)
+    ref, stats = out["dpo_pairs"], dict(out["stats"])
+    stats.pop("queries_without_pair")
+    publish_stage("pairs", stats_markdown("pairs", stats, {"dpo_pairs": ref},
+                                          time.perf_counter() - start),
+                  read_table(ref).head(12).select("query", "source", "chosen", "rejected",
+                                                   "chosen_score", "rejected_score").to_dicts())
+    print(f"pairs: {ref.rows:,} DPO pairs ({stats['by_source']}) -> {ref.path}")
+    return {"dpo_pairs": ref}

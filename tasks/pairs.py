@@ -1,0 +1,22 @@
+"""Prefect task of the pairs stage: text and video pairs -> ``dpo_pairs``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tasks.caching import stage_task
+from vpo_core.config import PairsConfig
+from vpo_core.pairs.build import build_pairs, summary
+from vpo_core.tables import DataRef, read_table, write_table
+
+MODULES = ("vpo_core.pairs", "vpo_core.reward.checklist", "vpo_core.prompts")
+
+
+@stage_task(name="pairs-build", modules=MODULES)
+def build(text_pairs: DataRef, rewards: DataRef, cfg: PairsConfig,
+          out_dir: str) -> dict[str, Any]:
+    text, rewards_df = read_table(text_pairs, "text_pairs"), read_table(rewards, "rewards")
+    pairs = build_pairs(text, rewards_df, cfg)
+    return {"dpo_pairs": write_table(pairs, Path(out_dir) / "dpo_pairs.parquet", "dpo_pairs"),
+            "stats": summary(text, rewards_df, pairs, cfg)}

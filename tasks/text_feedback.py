@@ -1,0 +1,26 @@
+"""Prefect tasks of the text-feedback stage: one cached task per shard of samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tasks.caching import stage_task
+from tasks.llm import judge_api_key
+from vpo_core.config import LLMConfig
+from vpo_core.tables import DataRef
+from vpo_core.text_feedback import stage
+
+MODULES = ("vpo_core.text_feedback", "vpo_core.llm", "vpo_core.prompts", "vpo_core.models")
+
+
+@stage_task(name="text-feedback-shard", modules=MODULES)
+def shard(samples: list[dict[str, Any]], index: int, judge: LLMConfig, model_cache: str,
+          out_dir: str) -> dict[str, Any]:
+    return stage.run_shard(samples, index, judge, Path(out_dir), judge_api_key(judge),
+                           model_cache)
+
+
+@stage_task(name="text-feedback-merge", modules=MODULES)
+def merge(shards: list[dict[str, DataRef]], out_dir: str) -> dict[str, Any]:
+    return stage.merge(shards, Path(out_dir))

@@ -1,0 +1,173 @@
+"""VPO's pair rules on hand-made rewards: margin, dominance, one pair per query, the merge
+with text pairs, TRL's conversational format, and the summary's reasons."""
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from vpo_core.config import PairsConfig
+from vpo_core.pairs.build import build_pairs, summary, video_pairs
+from vpo_core.prompts.templates import optimizer_messages
+from vpo_core.reward.checklist import visionreward_score, vpo_score
+from vpo_core.tables import polars_schema, write_table
+
+W4 = 1.141818673357406    # VPO weight of question 4: above the margin on its own
+W5 = 0.03495652038170829  # question 5: far below it
+
+
+def _answers(*yes: int) -> list[bool]:
+    return [i + 1 in yes for i in range(64)]
+
+
+def _reward(query_id: str, index: int, score: float | None = None,
+            answers: list[bool] | None = None, status: str = "ok") -> dict:
+    if answers is not None:
+        score = vpo_score(answers)
+    return {"query_id": query_id, "query": f"query {query_id}", "sample_index": index,
+            "prompt": f" prompt {query_id}-{index} ", "video_path": f"/v/{query_id}-{index}.mp4",
+            "backend": "checklist" if answers is not None else "frame-metrics",
+            "score": score if status == "ok" else None,
+            "visionreward_score": visionreward_score(answers) if answers else None,
+            "answers": answers, "metrics": None, "status": status, "error": None}
+
+
+def _rewards(*rows: dict) -> pl.DataFrame:
+    return pl.DataFrame(list(rows), schema=polars_schema("rewards"))
+
+
+def _text_pairs(*rows: tuple[str, int]) -> pl.DataFrame:
+    return pl.DataFrame([{"query_id": q, "query": f"query {q}", "sample_index": i,
+                          "chosen": f"refined {q}-{i}", "rejected": f"prompt {q}-{i}"}
+                         for q, i in rows], schema=polars_schema("text_pairs"))
+
+
+def _pairs_of(df: pl.DataFrame) -> list[tuple[str, str, str]]:
+    return [(r["query_id"], r["chosen"][0]["content"], r["rejected"][0]["content"])
+            for r in df.iter_rows(named=True)]
+
+
+CFG = PairsConfig()
+
+
+def test_single_flip_above_margin_is_a_pair() -> None:
+    rewards = _rewards(_reward("q", 0, answers=_answers(1)),
+                       _reward("q", 1, answers=_answers(1, 4)))
+    df = build_pairs(None, rewards, CFG)
+    assert _pairs_of(df) == [("q", "prompt q-1", "prompt q-0")]
+    assert df["chosen_score"][0] - df["rejected_score"][0] == pytest.approx(W4)
+
+
+def test_equal_answers_are_not_a_pair() -> None:
+    rewards = _rewards(_reward("q", 0, answers=_answers(1, 4)),
+                       _reward("q", 1, answers=_answers(1, 4)))
+    found = video_pairs(rewards, 0.0)                  # no margin at all: still no pair
+    assert found.pairs == [] and found.no_pair == {"q": "gap-below-margin"}
+
+
+def test_single_flip_below_margin_is_not_a_pair() -> None:
+    rewards = _rewards(_reward("q", 0, answers=_answers(1)),
+                       _reward("q", 1, answers=_answers(1, 5)))
+    assert video_pairs(rewards, 0.5).no_pair == {"q": "gap-below-margin"}
+    assert len(video_pairs(rewards, W5 / 2).pairs) == 1
+
+
+def test_a_wide_gap_without_dominance_is_not_a_pair() -> None:
+    # chosen gains question 4 but loses question 5: gap W4 - W5 > 0.5, not dominant
+    rewards = _rewards(_reward("q", 0, answers=_answers(1, 5)),
+                       _reward("q", 1, answers=_answers(1, 4)))
+    found = video_pairs(rewards, 0.5)
+    assert found.pairs == [] and found.no_pair == {"q": "not-dominant"}
+
+
+@pytest.mark.parametrize(("rejected", "paired"), [
+    (0.5, False),           # a gap of exactly the margin is not enough
+    (0.5 - 1e-9, True),     # just above it is
+])
+def test_margin_is_strict(rejected: float, paired: bool) -> None:
+    rewards = _rewards(_reward("q", 0, 1.0), _reward("q", 1, rejected))
+    assert len(video_pairs(rewards, 0.5).pairs) == int(paired)
+    assert build_pairs(None, rewards, CFG).height == int(paired)
+
+
+def test_one_pair_per_query_takes_the_largest_gap_with_stable_ties() -> None:
+    rewards = _rewards(_reward("q", 0, 0.0), _reward("q", 1, 2.0), _reward("q", 2, 2.0),
+                       _reward("q", 3, 1.0))
+    df = build_pairs(None, rewards, CFG)
+    assert _pairs_of(df) == [("q", "prompt q-1", "prompt q-0")]      # tie 1>0, 2>0: lowest
+    everything = build_pairs(None, rewards, CFG.model_copy(update={"one_per_query": False}))
+    assert _pairs_of(everything) == [("q", "prompt q-1", "prompt q-0"),
+                                     ("q", "prompt q-2", "prompt q-0"),
+                                     ("q", "prompt q-1", "prompt q-3"),
+                                     ("q", "prompt q-2", "prompt q-3"),
+                                     ("q", "prompt q-3", "prompt q-0")]
+    reversed_rows = rewards.reverse()
+    assert build_pairs(None, reversed_rows, CFG).equals(df)
+
+
+def test_only_ok_rows_are_paired_and_reasons() -> None:
+    rewards = _rewards(
+        _reward("a", 0, 3.0), _reward("a", 1, 0.0, status="error:unparseable"),
+        _reward("b", 0, 3.0), _reward("b", 1, status="skipped:render-failed"),
+        _reward("c", 0, status="skipped:render-failed"),
+        _reward("d", 0, 1.0), _reward("d", 1, 0.8),
+        _reward("e", 0, answers=_answers(1, 5)), _reward("e", 1, answers=_answers(1, 4)),
+        _reward("f", 0, 0.0), _reward("f", 1, 1.0))
+    assert video_pairs(rewards, 0.5).no_pair == {
+        "a": "one-video", "b": "one-video", "c": "no-scored-video", "d": "gap-below-margin",
+        "e": "not-dominant"}
+    assert _pairs_of(build_pairs(None, rewards, CFG)) == [("f", "prompt f-1", "prompt f-0")]
+
+
+def test_merge_text_first_and_dedupe_by_query() -> None:
+    rewards = _rewards(_reward("a", 0, 0.0), _reward("a", 1, 1.0),
+                       _reward("b", 0, 0.0), _reward("b", 1, 1.0))
+    text = _text_pairs(("b", 3), ("b", 1), ("z", 0))
+    df = build_pairs(text, rewards, CFG)
+    assert df["source"].to_list() == ["text", "text", "video"]
+    assert _pairs_of(df) == [("b", "refined b-1", "prompt b-1"), ("z", "refined z-0", "prompt z-0"),
+                             ("a", "prompt a-1", "prompt a-0")]
+    assert df["chosen_score"].to_list() == [None, None, 1.0]
+    every = build_pairs(text, rewards, CFG.model_copy(update={"one_per_query": False}))
+    assert every["source"].to_list() == ["text"] * 3 + ["video"] * 2
+    video_only = build_pairs(text, rewards, CFG.model_copy(update={"text_feedback": False}))
+    assert video_only["source"].to_list() == ["video", "video"]
+    assert video_only["query_id"].to_list() == ["a", "b"]
+
+
+def test_trl_conversational_format(tmp_path: Path) -> None:
+    from datasets import load_dataset
+
+    rewards = _rewards(_reward("a", 0, 0.0), _reward("a", 1, 1.0))
+    df = build_pairs(_text_pairs(("b", 0)), rewards, CFG)
+    path = tmp_path / "dpo_pairs.parquet"
+    write_table(df, path, "dpo_pairs")
+    ds = load_dataset("parquet", data_files=str(path), split="train")
+    assert {"prompt", "chosen", "rejected"} <= set(ds.column_names)
+    assert ds[1]["prompt"] == optimizer_messages("query a")
+    assert ds[1]["chosen"] == [{"role": "assistant", "content": "prompt a-1"}]
+    assert ds[1]["rejected"] == [{"role": "assistant", "content": "prompt a-0"}]
+    assert ds[0]["source"] == "text" and ds[0]["chosen"][0]["content"] == "refined b-0"
+
+
+def test_summary() -> None:
+    rewards = _rewards(_reward("a", 0, 0.0), _reward("a", 1, 2.0),
+                       _reward("b", 0, 0.0), _reward("b", 1, 1.0),
+                       _reward("c", 0, 1.0), _reward("c", 1, 0.9),
+                       _reward("d", 0, 1.0),
+                       _reward("e", 0, status="skipped:render-failed"))
+    text = _text_pairs(("b", 0), ("c", 1))
+    df = build_pairs(text, rewards, CFG)
+    s = summary(text, rewards, df, CFG)
+    assert s["pairs"] == 3 and s["by_source"] == {"text": 2, "video": 1}
+    assert s["queries"] == 5 and s["queries_with_pair"] == 3
+    assert s["valid_video_pairs"] == 2 and s["video_pairs_replaced_by_text"] == 1
+    assert s["score_gap"] == {"min": 2.0, "mean": 2.0, "median": 2.0, "max": 2.0}
+    assert s["queries_without_pair"] == {"d": "one-video", "e": "no-scored-video"}
+    assert s["without_pair"] == {"one-video": 1, "no-scored-video": 1}
+    ablation = CFG.model_copy(update={"text_feedback": False})
+    s = summary(text, rewards, build_pairs(text, rewards, ablation), ablation)
+    assert s["by_source"] == {"video": 2} and s["video_pairs_replaced_by_text"] == 0
+    assert s["queries_without_pair"]["c"] == "gap-below-margin"
+    empty = summary(None, rewards.clear(), build_pairs(None, rewards.clear(), CFG), CFG)
+    assert empty["pairs"] == 0 and empty["score_gap"] is None

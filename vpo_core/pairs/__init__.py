@@ -1,0 +1,1 @@
+"""Preference pairs for DPO from text-level and video-level feedback."""

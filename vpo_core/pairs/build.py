@@ -1,0 +1,168 @@
+"""The pairs stage's library: VPO's preference pairs from text and video feedback (§3.2),
+written after the rules of the official ``process_data.py``.
+
+Video pairs, per query, among the videos scored ``ok``: (chosen, rejected) with a score gap
+strictly above ``margin`` and, when both carry checklist answers, chosen at least as good
+on every question (no yes → no) and better on at least one. By default one pair per query,
+the largest gap (ties: lowest chosen, then rejected, sample index), where the official
+code keeps the first valid pair it meets; ``one_per_query=False`` keeps every valid pair.
+Text pairs (refined ≻ original) come first; with ``one_per_query`` each query keeps one
+pair and a text pair wins over a video pair (official: deduplicated by prompt, text first).
+``text_feedback=False`` keeps video pairs only (the paper's "w/o TL FDBK" ablation).
+
+Output rows are in TRL's conversational format: ``prompt`` is the optimizer's own message
+for the query, ``chosen``/``rejected`` one assistant message each.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from statistics import mean, median
+from typing import Any
+
+import polars as pl
+
+from vpo_core.config import PairsConfig
+from vpo_core.prompts.templates import optimizer_messages
+from vpo_core.reward.checklist import dominates
+from vpo_core.tables import polars_schema
+
+# Why a query has no video pair, from the least to the most progress.
+NO_SCORED_VIDEO = "no-scored-video"
+ONE_VIDEO = "one-video"
+GAP_BELOW_MARGIN = "gap-below-margin"
+NOT_DOMINANT = "not-dominant"
+
+
+@dataclass(frozen=True)
+class VideoPair:
+    """A valid video pair of one query (sample indices and VPO scores)."""
+
+    query_id: str
+    query: str
+    chosen: int
+    rejected: int
+    chosen_prompt: str
+    rejected_prompt: str
+    chosen_score: float
+    rejected_score: float
+
+    @property
+    def gap(self) -> float:
+        return self.chosen_score - self.rejected_score
+
+
+@dataclass(frozen=True)
+class VideoPairs:
+    """Every valid video pair, and why each query without one has none."""
+
+    pairs: list[VideoPair]
+    no_pair: dict[str, str]
+
+
+def _query_pairs(rows: list[dict[str, Any]], margin: float) -> tuple[list[VideoPair], str]:
+    """Valid pairs of one query's scored videos, or the reason there are none."""
+    if len(rows) < 2:
+        return [], ONE_VIDEO if rows else NO_SCORED_VIDEO
+    pairs, wide = [], False
+    for a in rows:
+        for b in rows:
+            if a is b or not a["score"] - b["score"] > margin:
+                continue
+            wide = True
+            if (a["answers"] is not None and b["answers"] is not None
+                    and not dominates(a["answers"], b["answers"])):
+                continue
+            pairs.append(VideoPair(a["query_id"], a["query"], a["sample_index"],
+                                   b["sample_index"], a["prompt"], b["prompt"],
+                                   a["score"], b["score"]))
+    return pairs, "" if pairs else (NOT_DOMINANT if wide else GAP_BELOW_MARGIN)
+
+
+def video_pairs(rewards: pl.DataFrame, margin: float) -> VideoPairs:
+    """All valid video pairs of a ``rewards`` table, and the reason for each query that
+    has none (``no-scored-video``, ``one-video``, ``gap-below-margin``, ``not-dominant``)."""
+    pairs: list[VideoPair] = []
+    no_pair: dict[str, str] = {}
+    ok = pl.col("status") == "ok"
+    scored = rewards.filter(ok & pl.col("score").is_not_null()).sort("query_id",
+                                                                       "sample_index")
+    by_query = {k[0]: g.to_dicts() for k, g in scored.group_by("query_id", maintain_order=True)}
+    for query_id in sorted(set(rewards.get_column("query_id").to_list())):
+        found, why = _query_pairs(by_query.get(query_id, []), margin)
+        pairs.extend(found)
+        if not found:
+            no_pair[query_id] = why
+    return VideoPairs(pairs, no_pair)
+
+
+def _best(pairs: list[VideoPair]) -> list[VideoPair]:
+    """The largest-gap pair of each query; ties go to the lowest sample indices."""
+    best: dict[str, VideoPair] = {}
+    for p in sorted(pairs, key=lambda p: (p.query_id, -p.gap, p.chosen, p.rejected)):
+        best.setdefault(p.query_id, p)
+    return list(best.values())
+
+
+def _row(query_id: str, query: str, chosen: str, rejected: str, source: str,
+         chosen_score: float | None = None, rejected_score: float | None = None
+         ) -> dict[str, Any]:
+    return {"prompt": optimizer_messages(query),
+            "chosen": [{"role": "assistant", "content": chosen.strip()}],
+            "rejected": [{"role": "assistant", "content": rejected.strip()}],
+            "query_id": query_id, "query": query, "source": source,
+            "chosen_score": chosen_score, "rejected_score": rejected_score}
+
+
+def build_pairs(text_pairs: pl.DataFrame | None, rewards: pl.DataFrame,
+                cfg: PairsConfig) -> pl.DataFrame:
+    """The DPO pairs (conforming to ``dpo_pairs``): text pairs first, then video pairs."""
+    rows: list[dict[str, Any]] = []
+    texted: set[str] = set()
+    if cfg.text_feedback and text_pairs is not None:
+        text = text_pairs.sort("query_id", "sample_index")
+        if cfg.one_per_query:
+            text = text.unique("query_id", keep="first", maintain_order=True)
+        for t in text.iter_rows(named=True):
+            rows.append(_row(t["query_id"], t["query"], t["chosen"], t["rejected"], "text"))
+            texted.add(t["query_id"])
+    found = video_pairs(rewards, cfg.margin).pairs
+    if cfg.one_per_query:
+        found = [p for p in _best(found) if p.query_id not in texted]
+    else:
+        found.sort(key=lambda p: (p.query_id, -p.gap, p.chosen, p.rejected))
+    rows += [_row(p.query_id, p.query, p.chosen_prompt, p.rejected_prompt, "video",
+                  p.chosen_score, p.rejected_score) for p in found]
+    return pl.DataFrame(rows, schema=polars_schema("dpo_pairs"))
+
+
+def summary(text_pairs: pl.DataFrame | None, rewards: pl.DataFrame, pairs: pl.DataFrame,
+            cfg: PairsConfig) -> dict[str, Any]:
+    """Pairs by source, video score-gap statistics, and the queries left without any pair
+    with the reason they have no video pair."""
+    found = video_pairs(rewards, cfg.margin)
+    video = pairs.filter(pl.col("source") == "video")
+    gaps = (video.get_column("chosen_score") - video.get_column("rejected_score")).to_list()
+    paired = set(pairs.get_column("query_id").to_list())
+    texted = set(pairs.filter(pl.col("source") == "text").get_column("query_id").to_list())
+    queries = set(rewards.get_column("query_id").to_list())
+    if cfg.text_feedback and text_pairs is not None:
+        queries |= set(text_pairs.get_column("query_id").to_list())
+    without = {q: found.no_pair.get(q, NO_SCORED_VIDEO) for q in sorted(queries - paired)}
+    return {
+        "pairs": pairs.height,
+        "by_source": dict(Counter(pairs.get_column("source").to_list())),
+        "queries": len(queries),
+        "queries_with_pair": len(paired),
+        "valid_video_pairs": len(found.pairs),
+        "queries_with_valid_video_pair": len({p.query_id for p in found.pairs}),
+        "video_pairs_replaced_by_text": len({p.query_id for p in found.pairs} & texted)
+        if cfg.one_per_query else 0,
+        "score_gap": {"min": min(gaps), "mean": mean(gaps), "median": median(gaps),
+                      "max": max(gaps)} if gaps else None,
+        "without_pair": dict(Counter(without.values())),
+        "queries_without_pair": without,
+        "margin": cfg.margin, "one_per_query": cfg.one_per_query,
+        "text_feedback": cfg.text_feedback,
+    }
