@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup run test lint bench
+.PHONY: setup run test lint bench ui ui-down
 
 setup: $(STAMP)
 
@@ -29,3 +29,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.curate_bench
+
+ui: $(STAMP)
+	$(BIN)/vpo ui up
+
+ui-down: $(STAMP)
+	$(BIN)/vpo ui down

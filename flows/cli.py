@@ -6,11 +6,14 @@ result store, Hugging Face cache), so nothing is written to the user's home.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import polars as pl
 import typer
 import yaml
 
@@ -74,6 +77,8 @@ def _print_outputs(outputs: dict[str, Any], indent: str = "  ") -> None:
         if isinstance(value, dict):
             typer.echo(f"{indent}{name}:")
             _print_outputs(value, indent + "  ")
+        elif value.rows is None:
+            typer.echo(f"{indent}{name}: {value.path}")
         else:
             typer.echo(f"{indent}{name}: {value.rows:,} rows  {value.path}")
 
@@ -82,14 +87,22 @@ def _print_outputs(outputs: dict[str, Any], indent: str = "  ") -> None:
 def run(config: ConfigOpt = None, force: Annotated[list[Stage] | None, typer.Option(
         "--force", help="Recompute this stage even if cached (repeatable).")] = None,
         work_dir: WorkOpt = None, set_: SetOpt = None) -> None:
-    """Run the pipeline (today: curate, sft-data) on a preset or YAML config, resuming from
+    """Run the whole pipeline (curate → sft-data → train-sft → sample → text-feedback → render
+    → score → pairs → train-dpo → evaluate) on a preset or YAML config, resuming from
     cache."""
     cfg = _load(config, set_, work_dir)
     from flows.pipeline import pipeline_flow
 
+    start = time.perf_counter()
     outputs = _finish(pipeline_flow(cfg, force=force or [], return_state=True), "pipeline")
-    typer.echo(f"pipeline finished ({cfg.preset}); work directory {cfg.work_dir}")
+    typer.echo(f"\npipeline finished ({cfg.preset}) in {time.perf_counter() - start:.0f} s; "
+               f"work directory {cfg.work_dir}")
     _print_outputs(outputs)
+    report = outputs.get("evaluate", {}).get("eval_report")
+    if report is not None:
+        typer.echo("\n" + Path(report.path).read_text(encoding="utf-8"))
+    typer.echo("Inspect runs, artifacts and logs in the Prefect UI: vpo ui up "
+               "(http://127.0.0.1:4200), then vpo ui down.")
 
 
 @app.command()
@@ -119,6 +132,187 @@ def sft_data(config: ConfigOpt = None,
 
     outputs = _finish(sft_data_flow(cfg, force=force, return_state=True), "sft-data")
     _print_outputs(outputs)
+
+
+ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even if cached.")]
+
+
+@app.command("train-sft")
+def train_sft(config: ConfigOpt = None, force: ForceOpt = False, work_dir: WorkOpt = None,
+              set_: SetOpt = None) -> None:
+    """Fine-tune the policy on the SFT data (building the data first if needed); a killed
+    run resumes from its last checkpoint."""
+    cfg = _load(config, set_, work_dir)
+    from flows.train import train_sft_flow
+
+    _print_outputs(_finish(train_sft_flow(cfg, force=force, return_state=True), "train-sft"))
+
+
+def _stage_command(name: str, module: str, flow_name: str, doc: str) -> None:
+    """A sub-command running one stage's flow (building what it needs first)."""
+    def command(config: ConfigOpt = None, force: ForceOpt = False, work_dir: WorkOpt = None,
+                set_: SetOpt = None) -> None:
+        cfg = _load(config, set_, work_dir)
+        flow_fn = getattr(importlib.import_module(module), flow_name)
+        _print_outputs(_finish(flow_fn(cfg, force=force, return_state=True), name))
+
+    command.__doc__ = doc
+    app.command(name)(command)
+
+
+for _name, _module, _flow, _doc in (
+        ("sample", "flows.sample", "sample_flow",
+         "Sample K prompts per DPO query from the SFT model (training it first if needed)."),
+        ("text-feedback", "flows.text_feedback", "text_feedback_flow",
+         "Critique every sample with the judge; refine the failing ones into text pairs."),
+        ("render", "flows.render", "render_flow",
+         "Render the samples that passed the text check (inline, or on render.work_pool)."),
+        ("score", "flows.score", "score_flow",
+         "Score the rendered videos with the configured reward backend."),
+        ("pairs", "flows.pairs", "pairs_flow",
+         "Build the DPO pairs from text feedback and video rewards.")):
+    _stage_command(_name, _module, _flow, _doc)
+
+
+@app.command()
+def evaluate(models: Annotated[list[str] | None, typer.Option(
+        "--model", "-m", help="NAME=MODEL_DIR of an optimizer to compare (repeatable), e.g. "
+        "sft=vpo-work/data/train-sft/run-…/model.")] = None,
+        config: ConfigOpt = None, force: ForceOpt = False, work_dir: WorkOpt = None,
+        set_: SetOpt = None) -> None:
+    """Judge the original queries, the few-shot teacher and the given optimizers on the
+    held-out split (text-level alignment, iterative re-optimisation)."""
+    cfg = _load(config, set_, work_dir)
+    from flows.evaluate import evaluate_flow
+    from vpo_core.tables import ref_for_dir
+
+    named = {}
+    for item in models or []:
+        name, sep, path = item.partition("=")
+        if not sep or not Path(path).is_dir():
+            typer.secho(f"error: --model {item!r}: expected NAME=MODEL_DIR (an existing "
+                        "folder)", fg="red", err=True)
+            raise typer.Exit(2)
+        named[name] = ref_for_dir(path)
+    _print_outputs(_finish(evaluate_flow(cfg, force=force, models=named, return_state=True),
+                           "evaluate"))
+
+
+@app.command("train-dpo")
+def train_dpo(pairs: Annotated[Path | None, typer.Option(
+        "--pairs", help="dpo_pairs Parquet (TRL conversational: prompt, chosen, rejected); "
+        "default: build them with the pipeline's stages.")] = None,
+        sft_model: Annotated[Path | None, typer.Option(
+            "--sft-model", help="SFT model folder (default: train it first).")] = None,
+        config: ConfigOpt = None, force: ForceOpt = False, work_dir: WorkOpt = None,
+        set_: SetOpt = None) -> None:
+    """DPO of the SFT model on preference pairs; the SFT model is also the reference."""
+    cfg = _load(config, set_, work_dir)
+    from flows.train import train_dpo_flow
+    from vpo_core.tables import ref_for, ref_for_dir
+
+    state = train_dpo_flow(cfg, force=force,
+                           dpo_pairs=ref_for(pairs, "dpo_pairs") if pairs else None,
+                           sft_model=ref_for_dir(sft_model) if sft_model else None,
+                           return_state=True)
+    _print_outputs(_finish(state, "train-dpo"))
+
+
+def _latest_model(work: Path) -> str | None:
+    found = sorted((work / "data").glob("train-*/*/model/config.json"),
+                   key=lambda p: p.stat().st_mtime)
+    return str(found[-1].parent) if found else None
+
+
+@app.command()
+def optimize(query: Annotated[str | None, typer.Argument(help="A query to optimize.")] = None,
+             model: Annotated[str, typer.Option(
+                 "--model", "-m", help="Model folder, hub id, 'bundled:smollm2-135m-instruct',"
+                 " or 'latest' (newest trained model in the work directory).")] = "latest",
+             iterations: Annotated[int, typer.Option(
+                 "--iterations", "-n", min=1, help="Re-optimise the output this many times "
+                 "(the paper's iterative refinement).")] = 1,
+             temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
+             top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
+             seed: int = 0, max_new_tokens: int = 192,
+             input: Annotated[Path | None, typer.Option(
+                 "--input", "-i", help="Batch mode: a TXT/JSON/JSONL/CSV/Parquet file of "
+                 "queries.")] = None,
+             output: Annotated[Path | None, typer.Option(
+                 "--output", "-o", help="Batch mode: Parquet file to write.")] = None,
+             work_dir: WorkOpt = None) -> None:
+    """Rewrite queries into video prompts with a trained optimizer (or any causal LM)."""
+    from vpo_core.curate.normalize import normalize_series
+    from vpo_core.curate.sources import read_raw
+    from vpo_core.optimizer import Optimizer, Sampling, resolve_model
+    from vpo_core.tables import write_table
+
+    if (query is None) == (input is None) or (input is not None and output is None):
+        typer.secho("error: give a QUERY, or --input FILE with --output FILE.parquet",
+                    fg="red", err=True)
+        raise typer.Exit(2)
+    work = WorkDir.at(work_dir or "vpo-work")
+    os.environ.update(prefect_env(work))
+    if model == "latest":
+        model = _latest_model(work.root) or "bundled:smollm2-135m-instruct"
+        typer.echo(f"model: {model}", err=True)
+    opt = Optimizer(resolve_model(model, work.models))
+    sampling = Sampling(temperature, top_p, max_new_tokens, seed)
+    if query is not None:
+        for i, prompt in enumerate(opt.optimize([query], iterations, sampling)[0], 1):
+            typer.echo(f"[{i}] {prompt}" if iterations > 1 else prompt)
+        return
+    raw = read_raw(input).filter(pl.col("read_error").is_null())
+    queries = normalize_series(raw.get_column("prompt")).to_list()
+    results = opt.optimize(queries, iterations, sampling)
+    table = pl.DataFrame([{"query": q, "iteration": i, "prompt": p, "model": model,
+                           "temperature": temperature, "top_p": top_p, "seed": seed}
+                          for q, rounds in zip(queries, results, strict=True)
+                          for i, p in enumerate(rounds, 1)])
+    ref = write_table(table, output, "optimized")
+    typer.echo(f"{len(queries):,} queries x {iterations} rounds -> {ref.path}")
+
+
+ui_app = typer.Typer(help="A local Prefect UI: server, work pools, deployments, workers.",
+                     no_args_is_help=True)
+app.add_typer(ui_app, name="ui")
+
+
+@ui_app.command("up")
+def ui_up(work_dir: WorkOpt = None, port: int = 4200,
+          workers: Annotated[bool, typer.Option(help="Start a worker per pool.")] = True
+          ) -> None:
+    """Start a Prefect server on 127.0.0.1, create the cpu and gpu pools, deploy every flow
+    of prefect.yaml and start the workers; print the UI address."""
+    from flows.ui import up
+
+    work = WorkDir.at(work_dir or "vpo-work")
+    try:
+        state = up(work, port, workers)
+    except RuntimeError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"Prefect UI: {state['url']}   (API {state['api']})")
+    typer.echo(f"Run the pipeline: PREFECT_API_URL={state['api']} .venv/bin/prefect "
+               "deployment run vpo-pipeline/cpu-tiny --watch   (or Run in the UI)")
+    typer.echo(f"Logs: {work.root / 'ui'}.   Stop everything: vpo ui down")
+
+
+@ui_app.command("down")
+def ui_down(work_dir: WorkOpt = None) -> None:
+    """Stop the workers and the server that `vpo ui up` started."""
+    from flows.ui import down
+
+    stopped = down(WorkDir.at(work_dir or "vpo-work"))
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@ui_app.command("status")
+def ui_status(work_dir: WorkOpt = None) -> None:
+    """Whether the server answers and which started processes are alive."""
+    from flows.ui import status
+
+    typer.echo(yaml.safe_dump(status(WorkDir.at(work_dir or "vpo-work")), sort_keys=False))
 
 
 @config_app.command("show")

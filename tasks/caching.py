@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import Task, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
@@ -121,6 +122,29 @@ def refs_in(value: Any) -> list[DataRef]:
     return []
 
 
+def stage_out_dir(step: Task, work: WorkDir, stage: str, kwargs: dict[str, Any]) -> Path:
+    """Where :func:`run_cached` puts a step's outputs for these inputs (known in advance,
+    so a parent flow can find what a deployment run on another worker wrote)."""
+    return work.stage_dir(stage, step.name.removeprefix(f"{stage}-"), canonical(kwargs))
+
+
+def run_shards(step: Task, work: WorkDir, force: bool, *, stage: str,
+               shards: list[dict[str, Any]], describe: Callable[[dict[str, Any]], str]
+               ) -> list[Any]:
+    """Run one cached task per shard in order, with a progress artifact and a log line per
+    shard (``describe`` summarises a shard's result)."""
+    logger = get_run_logger()
+    progress = create_progress_artifact(0.0, key=f"{stage}-progress",
+                                        description=f"{stage}: shards done")
+    outs = []
+    for kwargs in shards:
+        outs.append(run_cached(step, work, force, stage=stage, **kwargs))
+        update_progress_artifact(progress, 100.0 * len(outs) / max(1, len(shards)))
+        logger.info("%s: shard %d/%d done (%s)", stage, len(outs), len(shards),
+                    describe(outs[-1]))
+    return outs
+
+
 def run_cached(step: Task, work: WorkDir, force: bool = False, *, stage: str,
                **kwargs: Any) -> Any:
     """Call a stage task with the work directory's result store and an output folder
@@ -129,8 +153,7 @@ def run_cached(step: Task, work: WorkDir, force: bool = False, *, stage: str,
     ``force`` recomputes on purpose. A cached result whose files have disappeared or
     changed since is recomputed too (Prefect alone would report it Cached).
     """
-    name = step.name.removeprefix(f"{stage}-")
-    kwargs["out_dir"] = str(work.stage_dir(stage, name, canonical(kwargs)))
+    kwargs["out_dir"] = str(stage_out_dir(step, work, stage, kwargs))
     options = {"result_storage": work.results}
     result = step.with_options(refresh_cache=force, **options)(**kwargs)
     stale = [r.path for r in refs_in(result) if not r.is_valid()]

@@ -75,3 +75,14 @@ def bundled_models(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("models")
     bundled_model_dir(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def module_judge():
+    """Judge settings on a fake server shared by a module's tests (pipeline subprocesses)."""
+    from vpo_core.config import LLMConfig
+    from vpo_core.testing.openai_server import FakeOpenAI, ServerThread
+
+    with ServerThread(FakeOpenAI()) as server:
+        yield LLMConfig(model="openai/fake-judge", api_base=server.api_base, timeout_s=10.0,
+                        retry_base_s=0.01, max_retries=6, parse_mode="strict")

@@ -86,7 +86,7 @@ class SplitConfig(Section):
     """Sizes of the SFT, DPO and evaluation sets (paper: 10k + 10k, ~10% safety)."""
 
     sft: int = Field(16, ge=0, description="Queries for SFT data generation (paper: 10,000).")
-    dpo: int = Field(12, ge=0, description="Queries for preference data (paper: 10,000).")
+    dpo: int = Field(8, ge=0, description="Queries for preference data (paper: 10,000).")
     eval: int = Field(8, ge=0, description="Held-out queries for evaluation.")
     safety_share: float = Field(0.1, ge=0, le=1, description="Share of safety queries in "
                                 "each split (paper: ~2k of 20k).")
@@ -200,12 +200,19 @@ class TrainConfig(Section):
     lora: bool = Field(False, description="Train LoRA adapters instead of all weights.")
     lora_r: int = Field(16, ge=1)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
-    num_processes: int = Field(1, ge=1, description="Processes for accelerate launch.")
+    save_steps: int = Field(2, ge=1, description="Checkpoint every this many steps; a killed "
+                            "run resumes from the last checkpoint.")
+    num_processes: int = Field(1, ge=1, description="Processes (GPUs) for accelerate launch; "
+                               "more than 1, or a ZeRO stage, runs the launcher.")
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage; 0 = none.")
+    offload: Literal["none", "cpu"] = Field("none", description="ZeRO offload of optimizer "
+                                            "state and parameters.")
 
 
 class TrainSftConfig(TrainConfig):
     """SFT of the policy (paper: lr 2e-6, 5 epochs, global batch 64, bf16, ZeRO-3)."""
+
+    epochs: float = Field(2, gt=0)
 
 
 class SampleConfig(Section):
@@ -214,7 +221,7 @@ class SampleConfig(Section):
     k: int = Field(4, ge=2, description="Samples per query (paper: 4).")
     temperature: float = Field(0.9, gt=0)
     top_p: float = Field(0.9, gt=0, le=1)
-    max_new_tokens: int = Field(160, ge=1)
+    max_new_tokens: int = Field(96, ge=1, description="Longest sampled prompt (paper: 512).")
     backend: Literal["transformers", "vllm"] = "transformers"
     shard_size: int = Field(16, ge=1)
 
@@ -246,15 +253,22 @@ class ScoreConfig(Section):
 
     backend: Literal["frame-metrics", "checklist", "vlm-checklist", "visionreward"] = \
         "frame-metrics"
-    vlm_model: str | None = Field(None, description="litellm vision model for vlm-checklist.")
+    vlm_model: str | None = Field(None, description="litellm vision model for vlm-checklist "
+                                  "(endpoint, key, retries from the judge section).")
+    vlm_frames: int = Field(8, ge=1, description="Frames sent per video to the vision model.")
+    answers_file: Path | None = Field(None, description="checklist backend: 64 yes/no answers "
+                                      "per video computed elsewhere (JSONL or Parquet).")
     visionreward_python: str | None = Field(None, description="Python of VisionReward's own "
                                             "environment, for the visionreward backend.")
+    shard_size: int = Field(16, ge=1, description="Videos per cached scoring task.")
 
 
 class PairsConfig(Section):
     """Preference pairs from text and video feedback."""
 
-    margin: float = Field(0.5, ge=0, description="Minimum reward gap of a video pair.")
+    margin: float = Field(0.05, ge=0, description="A video pair needs a reward gap above "
+                          "this (paper: 0.5 on the 64-question checklist score, whose range "
+                          "is 0-6.3; frame-metrics scores lie in 0-1).")
     one_per_query: bool = Field(True, description="Keep one video pair per query.")
     text_feedback: bool = Field(True, description="Merge text-level pairs; False is the "
                                 "paper's 'w/o TL FDBK' ablation.")

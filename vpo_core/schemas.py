@@ -102,6 +102,127 @@ SFT_EXAMPLES = pa.schema([
     _f("calls", pa.int32(), False),
 ])
 
+# K prompts per DPO query sampled from the SFT model (paper §3.2).
+SAMPLES = pa.schema([
+    _f("query_id", pa.string(), False),
+    _f("query", pa.string(), False),
+    _f("sample_index", pa.int32(), False),     # 0 .. K-1
+    _f("prompt", pa.string()),                 # null when generation failed
+    _f("status", pa.string(), False),          # ok / empty / error:<kind>
+    _f("model", pa.string(), False),
+    _f("seed", pa.int64(), False),             # the seed this sample was drawn with
+])
+
+# The judge's critique of each sample and the refinement of those judged "No".
+CRITIQUES = pa.schema([
+    _f("query_id", pa.string(), False),
+    _f("query", pa.string(), False),
+    _f("sample_index", pa.int32(), False),
+    _f("prompt", pa.string()),
+    _f("critique", pa.string()),               # the judge's raw answer
+    _f("judgement", pa.string()),              # yes / no / null
+    _f("critique_status", pa.string(), False), # ok / unparseable / error:<kind> / skipped
+    _f("refinement", pa.string()),
+    _f("refined", pa.string()),
+    _f("refine_status", pa.string(), False),   # ok / multiline / unparseable / skipped / ...
+    _f("render", pa.bool_(), False),           # judged yes: goes on to rendering
+    _f("prompt_tokens", pa.int64(), False),
+    _f("completion_tokens", pa.int64(), False),
+    _f("cost", pa.float64(), False),
+])
+
+# Text-level preference pairs: the refined prompt beats the sample it came from.
+TEXT_PAIRS = pa.schema([
+    _f("query_id", pa.string(), False),
+    _f("query", pa.string(), False),
+    _f("sample_index", pa.int32(), False),
+    _f("chosen", pa.string(), False),          # refined
+    _f("rejected", pa.string(), False),        # original sample
+])
+
+# One rendered video per prompt that passed the text check.
+VIDEOS = pa.schema([
+    _f("query_id", pa.string(), False),
+    _f("query", pa.string(), False),
+    _f("sample_index", pa.int32(), False),
+    _f("prompt", pa.string(), False),
+    _f("video_path", pa.string()),             # MP4, null when rendering failed
+    _f("contact_sheet", pa.string()),          # PNG of a few frames
+    _f("status", pa.string(), False),          # ok / error:oom / error:<kind>
+    _f("error", pa.string()),
+    _f("pipeline", pa.string(), False),
+    _f("seed", pa.int64(), False),
+    _f("num_frames", pa.int32(), False),
+    _f("height", pa.int32(), False),
+    _f("width", pa.int32(), False),
+    _f("seconds", pa.float64(), False),        # wall time of this video
+])
+
+# Reward of each video; checklist backends keep the 64 answers (checklist order).
+REWARDS = pa.schema([
+    _f("query_id", pa.string(), False),
+    _f("query", pa.string(), False),
+    _f("sample_index", pa.int32(), False),
+    _f("prompt", pa.string(), False),
+    _f("video_path", pa.string()),
+    _f("backend", pa.string(), False),         # frame-metrics / checklist / vlm-checklist / ...
+    _f("score", pa.float64()),                 # VPO's score; null when scoring failed
+    _f("visionreward_score", pa.float64()),    # VisionReward's own, checklist backends only
+    _f("answers", pa.list_(pa.bool_())),       # 64 yes/no answers, checklist backends only
+    _f("metrics", pa.string()),                # JSON of component metrics
+    _f("status", pa.string(), False),          # ok / error:<kind> / skipped:<why>
+    _f("error", pa.string()),
+])
+
+# Every judgement of the evaluate stage (paper Tables 2 and 3).
+EVAL_JUDGEMENTS = pa.schema([
+    _f("query_id", pa.string(), False),
+    _f("query", pa.string(), False),
+    _f("method", pa.string(), False),          # original / few-shot / sft / dpo / ...
+    _f("round", pa.int32(), False),            # 0: one-shot methods; 1..R: optimizer rounds
+    _f("prompt", pa.string()),                 # null when the method gave none
+    _f("generation_status", pa.string(), False),  # ok / refusal / unparseable / missing /
+                                                  # error:<kind> (the method's own step)
+    _f("label", pa.string()),                  # aligned / unsafe / imprecise / refusal
+    _f("status", pa.string(), False),          # ok / unparseable / judge_refusal /
+                                               # error:<kind> / skipped (no prompt)
+    _f("judged_by", pa.string()),              # the judge model, or "local" for empty and
+                                               # refusing prompts (no call made)
+    _f("judge_answer", pa.string()),           # the judge's raw answer
+    _f("fallback", pa.bool_(), False),         # the label needed a lenient parse
+    _f("error", pa.string()),                  # the judge call's error, secrets scrubbed
+    _f("prompt_tokens", pa.int64(), False),
+    _f("completion_tokens", pa.int64(), False),
+    _f("cost", pa.float64(), False),
+])
+
+# Chat messages as TRL's conversational format stores them.
+MESSAGES = pa.list_(pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())]))
+
+# Preference pairs in TRL's conversational format: load_dataset("parquet", ...) feeds
+# DPOTrainer directly (prompt / chosen / rejected), with where each pair came from.
+DPO_PAIRS = pa.schema([
+    _f("prompt", MESSAGES, False),             # [user: optimizer instruction + query]
+    _f("chosen", MESSAGES, False),             # [assistant: preferred prompt]
+    _f("rejected", MESSAGES, False),           # [assistant: worse prompt]
+    _f("query_id", pa.string(), False),
+    _f("query", pa.string(), False),
+    _f("source", pa.string(), False),          # text (refined > original) or video (reward)
+    _f("chosen_score", pa.float64()),          # reward scores of video pairs
+    _f("rejected_score", pa.float64()),
+])
+
+# `vpo optimize --input`: every query's optimized prompt after each round.
+OPTIMIZED = pa.schema([
+    _f("query", pa.string(), False),
+    _f("iteration", pa.int32(), False),        # 1 = the first rewrite
+    _f("prompt", pa.string(), False),
+    _f("model", pa.string(), False),
+    _f("temperature", pa.float64(), False),
+    _f("top_p", pa.float64(), False),
+    _f("seed", pa.int64(), False),
+])
+
 TABLES: dict[str, pa.Schema] = {
     "raw": RAW,
     "candidates": CANDIDATES,
@@ -109,4 +230,12 @@ TABLES: dict[str, pa.Schema] = {
     "queries": QUERIES,
     "rejects": REJECTS,
     "sft_examples": SFT_EXAMPLES,
+    "samples": SAMPLES,
+    "critiques": CRITIQUES,
+    "text_pairs": TEXT_PAIRS,
+    "videos": VIDEOS,
+    "rewards": REWARDS,
+    "dpo_pairs": DPO_PAIRS,
+    "optimized": OPTIMIZED,
+    "eval_judgements": EVAL_JUDGEMENTS,
 }

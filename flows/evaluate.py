@@ -1,0 +1,48 @@
+"""The evaluate flow: held-out queries -> text-level alignment of every method (paper
+Table 2), iterative re-optimisation (Table 3), optional video-level scores."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from flows.curate import curate_flow
+from tasks import evaluate as steps
+from tasks.artifacts import publish_stage
+from tasks.caching import run_cached
+from vpo_core.config import DEFAULT_CONFIG, PipelineConfig
+from vpo_core.tables import DataRef, read_table
+from vpo_core.workdir import WorkDir
+
+
+def _video_table(rows: list[dict]) -> str:
+    lines = ["", "## Video-level reward (first round)", "", "| method | videos | mean score |",
+             "|---|---:|---:|"]
+    return "\n".join(lines + [f"| {r['method']} | {r['videos']} | "
+                              f"{r['mean'] if r['mean'] is None else round(r['mean'], 4)} |"
+                              for r in rows]) + "\n"
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
+                  models: dict[str, DataRef] | None = None, queries: DataRef | None = None
+                  ) -> dict[str, DataRef]:
+    """Judge the original query, the few-shot teacher and each optimizer model (``models``:
+    name -> model folder, e.g. sft, dpo) on the eval split."""
+    work = WorkDir.at(config.work_dir)
+    queries = queries or curate_flow(config)["queries"]
+    out = run_cached(steps.run, work, force, stage="evaluate", queries=queries,
+                     models=models or {}, judge=config.judge, cfg=config.evaluate,
+                     max_new_tokens=config.sample.max_new_tokens, render=config.render,
+                     score=config.score, seed=config.seed, model_cache=str(work.models))
+    markdown = (out["markdown"] + (_video_table(out["video"]) if "video" in out else "")
+                + f"\nChart: `{out['eval_chart'].path}`; every judgement: "
+                f"`{out['eval_judgements'].path}`.\n")
+    publish_stage("evaluate", markdown, read_table(out["eval_judgements"]).head(20).select(
+        "method", "round", "query", "prompt", "label", "status").to_dicts())
+    create_markdown_artifact(key="evaluate-report", markdown=markdown,
+                             description="evaluate: Table 2 and Table 3 of this run")
+    get_run_logger().info("evaluate: report %s, chart %s", out["eval_report"].path,
+                          out["eval_chart"].path)
+    print(markdown)
+    return {k: v for k, v in out.items() if isinstance(v, DataRef)}

@@ -1,0 +1,148 @@
+"""``vpo ui up`` / ``vpo ui down``: a local Prefect server bound to 127.0.0.1, the ``cpu``
+and ``gpu`` process work pools, every deployment of ``prefect.yaml``, and one worker per
+pool, all started in the background; ``down`` stops exactly what ``up`` started.
+
+State (pids, address, log files) is kept in ``<work_dir>/ui/state.json``. The server's
+database lives in the work directory's PREFECT_HOME, so flow runs, artifacts and logs
+survive a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from vpo_core.workdir import WorkDir, prefect_env
+
+ROOT = Path(__file__).resolve().parents[1]
+POOLS = {"cpu": None, "gpu": 1}   # pool -> concurrency limit (one model per GPU worker)
+
+
+def _prefect() -> list[str]:
+    return [sys.executable, "-m", "prefect"]
+
+
+def ui_env(work: WorkDir, port: int) -> dict[str, str]:
+    """Environment of the server, the CLI calls and the workers."""
+    base = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    return {**base, **prefect_env(work, base), "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(port),
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+            "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _state_file(work: WorkDir) -> Path:
+    return work.root / "ui" / "state.json"
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> int:
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    return proc.pid
+
+
+def _run(args: list[str], env: dict[str, str], log: Path) -> None:
+    with open(log, "ab") as fh:
+        code = subprocess.call(args, env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL)
+    if code != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+        raise RuntimeError(f"{' '.join(args[2:])} exited with {code}; see {log}:\n{tail}")
+
+
+def up(work: WorkDir, port: int = 4200, workers: bool = True,
+       timeout_s: float = 120.0) -> dict[str, Any]:
+    """Start server, pools, deployments and workers; return the state written."""
+    state_file = _state_file(work)
+    if state_file.exists() and status(work)["server"]:
+        return json.loads(state_file.read_text())
+    logs = state_file.parent
+    logs.mkdir(parents=True, exist_ok=True)
+    work.create()
+    env = ui_env(work, port)
+    api = env["PREFECT_API_URL"]
+    state: dict[str, Any] = {"url": f"http://127.0.0.1:{port}", "api": api, "pids": {}}
+    state["pids"]["server"] = _spawn([*_prefect(), "server", "start"], env,
+                                     logs / "server.log")
+    state_file.write_text(json.dumps(state, indent=2))
+    deadline = time.monotonic() + timeout_s
+    while not _healthy(api):
+        if time.monotonic() > deadline:
+            down(work)
+            raise RuntimeError(f"the Prefect server did not answer on {api} within "
+                               f"{timeout_s:.0f} s; see {logs / 'server.log'}")
+        time.sleep(0.5)
+    for pool, limit in POOLS.items():
+        _run([*_prefect(), "work-pool", "create", pool, "--type", "process", "--overwrite"],
+             env, logs / "setup.log")
+        if limit:
+            _run([*_prefect(), "work-pool", "set-concurrency-limit", pool, str(limit)], env,
+                 logs / "setup.log")
+    _run([*_prefect(), "--no-prompt", "deploy", "--all"], env, logs / "setup.log")
+    if workers:
+        for pool in POOLS:
+            state["pids"][f"worker-{pool}"] = _spawn(
+                [*_prefect(), "worker", "start", "--pool", pool], env,
+                logs / f"worker-{pool}.log")
+    state_file.write_text(json.dumps(state, indent=2))
+    return state
+
+
+def status(work: WorkDir) -> dict[str, Any]:
+    """Which of the started processes are alive, and whether the server answers."""
+    state_file = _state_file(work)
+    if not state_file.exists():
+        return {"server": False, "processes": {}}
+    state = json.loads(state_file.read_text())
+    alive = {}
+    for name, pid in state["pids"].items():
+        try:
+            os.kill(pid, 0)
+            alive[name] = True
+        except OSError:
+            alive[name] = False
+    return {"server": _healthy(state["api"]), "url": state["url"], "processes": alive}
+
+
+def _alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def down(work: WorkDir, timeout_s: float = 15.0) -> list[str]:
+    """Stop the workers and the server (whole process groups: Ctrl-C, then SIGKILL after
+    ``timeout_s``); return the names of what was running."""
+    state_file = _state_file(work)
+    if not state_file.exists():
+        return []
+    pids = json.loads(state_file.read_text())["pids"]
+    running = {name: pid for name, pid in pids.items() if _alive(pid)}
+    for pid in running.values():
+        os.killpg(pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout_s
+    while any(_alive(p) for p in running.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in running.values():
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    state_file.unlink()
+    return sorted(running)

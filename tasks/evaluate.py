@@ -1,0 +1,40 @@
+"""Prefect task of the evaluate stage: every method judged (and optionally rendered and
+scored) in one cached task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from tasks.caching import stage_task
+from tasks.llm import judge_api_key
+from vpo_core.config import EvaluateConfig, LLMConfig, RenderConfig, ScoreConfig
+from vpo_core.evaluate.methods import FewShot, Method, OptimizerMethod, original
+from vpo_core.evaluate.stage import evaluate
+from vpo_core.evaluate.video import video_scores
+from vpo_core.optimizer import Sampling
+from vpo_core.tables import DataRef, read_table
+
+MODULES = ("vpo_core.evaluate", "vpo_core.llm", "vpo_core.prompts", "vpo_core.optimizer",
+           "vpo_core.render", "vpo_core.reward")
+
+
+@stage_task(name="evaluate-run", modules=MODULES)
+def run(queries: DataRef, models: dict[str, DataRef], judge: LLMConfig, cfg: EvaluateConfig,
+        max_new_tokens: int, render: RenderConfig, score: ScoreConfig, seed: int,
+        model_cache: str, out_dir: str) -> dict[str, Any]:
+    key = judge_api_key(judge)
+    rows = (read_table(queries, "queries").filter(pl.col("split") == "eval")
+            .sort("query_id").select("query_id", "query").to_dicts())
+    sampling = Sampling(max_new_tokens=max_new_tokens)
+    methods: dict[str, Method] = {"original": original,
+                                  "few-shot": FewShot(judge, key, model_cache)}
+    methods |= {name: OptimizerMethod(ref.path, sampling) for name, ref in models.items()}
+    out = evaluate(rows, methods, judge, max(1, cfg.reoptimize_rounds), Path(out_dir), key,
+                   model_cache)
+    if cfg.video:
+        out |= video_scores(read_table(out["eval_judgements"]), render, score, seed,
+                            Path(out_dir), judge, key)
+    return out
