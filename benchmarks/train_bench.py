@@ -26,7 +26,10 @@ do not share an interpreter:
   each with its prompt, so the prompt counts twice; reference forwards are not counted).
 * setup: building the trainer (model load, tokenisation, the second model copy for DPO
   full, the reference pass for precompute).
-* peak RSS: ``ru_maxrss`` of the child at the end (whole run, setup included).
+* peak RSS: ``ru_maxrss`` of the child at the end (whole run, setup included), and after
+  setup (before the first step).
+* CPU s/step: process CPU time (all threads) per timed step; less sensitive than wall time
+  to other processes on a shared machine, though not immune (spinning OpenMP threads).
 """
 
 from __future__ import annotations
@@ -148,6 +151,11 @@ def write_data(folder: Path, rows: int) -> tuple[Path, Path]:
 # --------------------------------------------------------------------------- child
 
 
+def _peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (Linux reports kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
 def _child(spec_file: Path, result_file: Path) -> None:
     """One configuration, in this (fresh) process: build, train, measure."""
     import torch
@@ -165,18 +173,21 @@ def _child(spec_file: Path, result_file: Path) -> None:
         def __init__(self) -> None:
             self.begin = 0.0
             self.ends: list[float] = []
+            self.cpu: list[float] = []
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             self.begin = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
             self.ends.append(time.perf_counter())
+            self.cpu.append(time.process_time())
             control.should_save = False
             return control
 
     start = time.perf_counter()
     trainer = build_trainer(spec)
     setup = time.perf_counter() - start
+    setup_rss = _peak_rss_gb()
     stamps = Stamps()
     trainer.add_callback(stamps)
     start = time.perf_counter()
@@ -192,11 +203,12 @@ def _child(spec_file: Path, result_file: Path) -> None:
     result = {
         "kind": spec.kind, "steps": len(ends), "timed_steps": timed,
         "setup_s": setup, "train_wall_s": wall, "warmup_step_s": ends[0] - stamps.begin,
-        "s_per_step": step_s, "step_s_min": min(per_step, default=float("nan")),
+        "s_per_step": step_s, "cpu_s_per_step": (stamps.cpu[-1] - stamps.cpu[0]) / timed
+        if timed else float("nan"), "step_s_min": min(per_step, default=float("nan")),
         "step_s_max": max(per_step, default=float("nan")),
         "tokens_timed": tokens, "tokens_per_s": tokens / (ends[-1] - ends[0]) if timed else 0,
         "tokens_per_step": tokens / timed if timed else 0,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+        "peak_rss_gb": _peak_rss_gb(), "setup_peak_rss_gb": setup_rss,
         "final_loss": logs[-1]["loss"], "first_loss": logs[0]["loss"],
         "final_logs": logs[-1],
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -283,19 +295,21 @@ def main() -> None:
         if not r.get("failed"):
             print(f"   {r['s_per_step']:.2f} s/step, {r['tokens_per_s']:.0f} tokens/s, "
                   f"{r['peak_rss_gb']:.2f} GB, {r['process_s']:.0f} s in all", flush=True)
-    print(f"\n{'configuration':34s}{'s/step':>8s}{'min-max':>12s}{'warm-up':>9s}"
-          f"{'setup s':>9s}{'tok/step':>9s}{'tokens/s':>10s}{'peak GB':>9s}{'trainable':>11s}"
-          f"{'loss 1>N':>15s}{'load':>11s}")
+    print(f"\n{'configuration':34s}{'s/step':>8s}{'min-max':>12s}{'CPU s':>7s}{'warm-up':>8s}"
+          f"{'setup s':>8s}{'tok/step':>9s}{'tokens/s':>9s}{'setup GB':>9s}{'peak GB':>8s}"
+          f"{'trainable':>10s}{'loss 1>N':>14s}{'load':>11s}")
     for r in results:
         if r.get("failed"):
             print(f"{r['name']:34s}  failed (exit {r['exit_code']})")
             continue
         print(f"{r['name']:34s}{r['s_per_step']:8.2f}"
-              f"{r['step_s_min']:6.2f}-{r['step_s_max']:<5.2f}{r['warmup_step_s']:9.2f}"
-              f"{r['setup_s']:9.1f}{r['tokens_per_step']:9.0f}{r['tokens_per_s']:10.0f}"
-              f"{r['peak_rss_gb']:9.2f}{r['trainable_params'] / 1e6:10.1f}M"
-              f"{r['first_loss']:7.3f}>{r['final_loss']:<7.3f}"
+              f"{r['step_s_min']:6.1f}-{r['step_s_max']:<5.1f}{r['cpu_s_per_step']:7.1f}"
+              f"{r['warmup_step_s']:8.1f}{r['setup_s']:8.1f}{r['tokens_per_step']:9.0f}"
+              f"{r['tokens_per_s']:9.0f}{r['setup_peak_rss_gb']:9.2f}{r['peak_rss_gb']:8.2f}"
+              f"{r['trainable_params'] / 1e6:9.1f}M {r['first_loss']:6.3f}>{r['final_loss']:<6.3f}"
               f"{r['load_before']:5.2f}>{r['load_after']:<5.2f}")
+    print("s/step: wall, steps 2..N; CPU s: process CPU time per timed step (all threads); "
+          "load: 1-min load average before > after the configuration")
     print(f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
           f"(1/5/15 min; {cores} cores)")
     if args.json:

@@ -15,9 +15,9 @@ from prefect.client.schemas.filters import (
 )
 
 from flows.curate import curate_flow
-from flows.pipeline import pipeline_flow
+from flows.sft_data import sft_data_flow
 from tasks.caching import stage_task
-from vpo_core.config import PipelineConfig, Stage
+from vpo_core.config import PipelineConfig
 from vpo_core.curate.sources import bundled_queries
 from vpo_core.errors import InputError, TransientError
 from vpo_core.tables import file_sha256
@@ -124,12 +124,13 @@ def test_artifacts(config: PipelineConfig) -> None:
     assert {r["split"] for r in rows} == {"sft", "dpo", "eval"}
 
 
-def test_pipeline_runs_curate_and_forces_it(config: PipelineConfig, judge) -> None:
+def test_forced_curate_gives_the_same_data_downstream(config: PipelineConfig, judge) -> None:
     config.judge = judge
-    out = pipeline_flow(config)
-    again = pipeline_flow(config, force=[Stage.curate])
-    assert out["curate"]["queries"].sha256 == again["curate"]["queries"].sha256
-    assert out["sft-data"]["sft_examples"].sha256 == again["sft-data"]["sft_examples"].sha256
+    out = sft_data_flow(config)
+    forced = curate_flow(config, force=True)
+    again = sft_data_flow(config, queries=forced["queries"])
+    assert forced["queries"].sha256 == curate_flow(config)["queries"].sha256
+    assert out["sft_examples"].sha256 == again["sft_examples"].sha256
 
 
 calls: dict[str, int] = {}

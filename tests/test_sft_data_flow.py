@@ -20,7 +20,8 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 
-from flows.pipeline import pipeline_flow
+from flows.curate import curate_flow
+from flows.sft_data import sft_data_flow
 from vpo_core.config import LLMConfig, PipelineConfig, load_config
 from vpo_core.curate.sources import bundled_queries
 from vpo_core.prompts.templates import generation_messages
@@ -53,20 +54,20 @@ def _flow_runs(state) -> list:
 
 def test_rerun_makes_no_new_requests(tmp_path: Path, judge: LLMConfig, fake_llm) -> None:
     cfg = _config(tmp_path, judge)
-    first = pipeline_flow(cfg)
+    first = sft_data_flow(cfg)
     sent = sum(fake_llm.fake.requests.values())
-    again = pipeline_flow(cfg)
+    again = sft_data_flow(cfg)
     assert sum(fake_llm.fake.requests.values()) == sent          # all cache hits
     assert again == first
-    examples = read_table(first["sft-data"]["sft_examples"])
-    queries = read_table(first["curate"]["queries"])
+    examples = read_table(first["sft_examples"])
+    queries = read_table(curate_flow(cfg)["queries"])
     assert sorted(examples["query_id"]) == sorted(queries.filter(pl.col("split") == "sft")
                                                   ["query_id"])
 
 
 def test_judge_rechecks_flagged_queries(tmp_path: Path, judge: LLMConfig, fake_llm) -> None:
     cfg = _config(tmp_path, judge, sft=40)
-    queries = read_table(pipeline_flow(cfg)["curate"]["queries"])
+    queries = read_table(curate_flow(cfg)["queries"])
     checked = queries.filter(pl.col("safety_check").is_not_null())
     assert checked.height > 0
     assert set(checked["safety_check"]) <= {"confirmed", "overruled"}
@@ -95,8 +96,7 @@ def test_killed_run_resumes_without_redoing_finished_shards(tmp_path: Path, judg
     finished = [read_table(p) for p in shard_dir.glob("shard-*/*.parquet")]
     assert 2 <= len(finished) < 6
     fake_llm.fake.latency = 0.0
-    out = pipeline_flow(cfg)
-    examples = read_table(out["sft-data"]["sft_examples"])
+    examples = read_table(sft_data_flow(cfg)["sft_examples"])
     assert examples.height == 24
     for shard in finished:                               # never asked again
         for query in shard["query"]:
@@ -110,7 +110,7 @@ def test_canary_key_is_never_written(tmp_path: Path, judge: LLMConfig, fake_llm,
     fake_llm.fake.api_key = CANARY                        # the server checks it
     fake_llm.fake.fault_rate = 0.2
     cfg = _config(tmp_path, judge.model_copy(update={"api_key_env": "VPO_TEST_JUDGE_KEY"}))
-    state = pipeline_flow(cfg, return_state=True)
+    state = sft_data_flow(cfg, return_state=True)
     assert state.is_completed() and fake_llm.fake.outcomes["auth"] == 0
     for path in Path(cfg.work_dir).rglob("*"):            # Parquet, results, Prefect's DB
         if path.is_file() and not path.name.endswith((".safetensors", ".bin")):
