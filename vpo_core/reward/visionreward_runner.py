@@ -94,6 +94,8 @@ def load_model(name: str, device: str):
         dtype = torch.bfloat16 if major >= 8 else torch.float16
     else:
         dtype = torch.float32
+    # VisionReward-Video is a CogVLM2 model whose architecture ships as code in its hub repo;
+    # it runs only in its own environment, on weights the user chose to download.
     tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(name, torch_dtype=dtype,
                                                  trust_remote_code=True).eval().to(device)
