@@ -47,7 +47,7 @@ def _pairs_of(df: pl.DataFrame) -> list[tuple[str, str, str]]:
             for r in df.iter_rows(named=True)]
 
 
-CFG = PairsConfig()
+CFG = PairsConfig(margin=0.5)  # the paper's margin on the checklist score
 
 
 def test_single_flip_above_margin_is_a_pair() -> None:
