@@ -6,9 +6,10 @@ own trainer (vpo_core.training.trainer.build_trainer), configuration by configur
 
 SFT full fine-tune beside SFT LoRA (r=16); DPO full (reference = a second model copy)
 beside DPO with precompute_ref_log_probs=True (one reference pass over the data before
-training, no second copy kept) and DPO LoRA (reference = the adapter switched off).
+training with the policy itself, no second copy) and DPO LoRA (reference = the adapter
+switched off).
 
-Rows are realistic: bundled user queries in the optimizer instruction, answers of 60-100
+Rows are realistic: bundled user queries in the optimizer instruction, answers of 85-105
 words (synthetic detailed video prompts built from the query); DPO rejected = a short lazy
 prompt. By default there are steps x batch rows, so the run is exactly one epoch (every
 row seen once, as in the paper's 1-epoch DPO) and precompute covers what training uses.
@@ -105,7 +106,7 @@ STYLES = [
 
 
 def detailed_prompt(query: str, rng: random.Random) -> str:
-    """A synthetic detailed video prompt for a query (about 70-95 words)."""
+    """A synthetic detailed video prompt for a query (about 85-105 words)."""
     subject = " ".join(query.split()[:14]).rstrip(".,;:")
     return " ".join([f"A cinematic video of {subject}, {rng.choice(SETTINGS)}.",
                      rng.choice(ACTIONS), rng.choice(LIGHTS), rng.choice(CAMERAS),
@@ -213,6 +214,8 @@ def _child(spec_file: Path, result_file: Path) -> None:
         "final_logs": logs[-1],
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "torch_threads": torch.get_num_threads(),
+        **({"cuda_peak_gb": torch.cuda.max_memory_allocated() / 1e9}
+           if torch.cuda.is_available() else {}),
         "load_before": load_before, "load_after": os.getloadavg()[0],
     }
     result_file.write_text(json.dumps(result, indent=2))
@@ -285,6 +288,7 @@ def main() -> None:
           f"max length {args.max_length}, CPU fp32, {cores} cores, torch threads {cores}; "
           f"load average at start {os.getloadavg()[0]:.2f}")
     results = []
+    begin = time.perf_counter()
     for name, (kind, extra) in CONFIGS.items():
         if args.only and kind != args.only:
             continue
@@ -310,7 +314,8 @@ def main() -> None:
               f"{r['load_before']:5.2f}>{r['load_after']:<5.2f}")
     print("s/step: wall, steps 2..N; CPU s: process CPU time per timed step (all threads); "
           "load: 1-min load average before > after the configuration")
-    print(f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
+    print(f"{time.perf_counter() - begin:.0f} s for {len(results)} configurations; "
+          f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
           f"(1/5/15 min; {cores} cores)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
