@@ -12,6 +12,7 @@ from tasks import pairs as steps
 from tasks.artifacts import publish_stage, stats_markdown
 from tasks.caching import run_cached
 from vpo_core.config import DEFAULT_CONFIG, PipelineConfig
+from vpo_core.errors import StageFailed
 from vpo_core.tables import DataRef, read_table
 from vpo_core.workdir import WorkDir
 
@@ -34,4 +35,11 @@ def pairs_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
                   read_table(ref).head(12).select("query", "source", "chosen", "rejected",
                                                    "chosen_score", "rejected_score").to_dicts())
     print(f"pairs: {ref.rows:,} DPO pairs ({stats['by_source']}) -> {ref.path}")
+    if not ref.rows:
+        raise StageFailed(
+            f"pairs: no DPO pair from {stats['queries']} queries (reasons: "
+            f"{stats['without_pair'] or 'no text pair, no scored video'}); DPO cannot train. "
+            f"Look at the text-feedback critiques (is the judge answering in the template's "
+            f"format?) and the score gaps against pairs.margin={stats['margin']}; "
+            f"{ref.path} is kept.")
     return {"dpo_pairs": ref}

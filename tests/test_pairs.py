@@ -171,3 +171,21 @@ def test_summary() -> None:
     assert s["queries_without_pair"]["c"] == "gap-below-margin"
     empty = summary(None, rewards.clear(), build_pairs(None, rewards.clear(), CFG), CFG)
     assert empty["pairs"] == 0 and empty["score_gap"] is None
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_pairs_flow_without_any_pair_fails_with_reasons_and_keeps_the_table(
+        tmp_path: Path) -> None:
+    """DPO cannot train on nothing: the flow says why there is no pair, before train-dpo."""
+    from flows.pairs import pairs_flow
+    from vpo_core.config import PipelineConfig
+    from vpo_core.errors import StageFailed
+
+    rewards = write_table(_rewards(_reward("q", 0, 0.5), _reward("q", 1, 0.52)),
+                          tmp_path / "rewards.parquet", "rewards")
+    text = write_table(_text_pairs(), tmp_path / "text_pairs.parquet", "text_pairs")
+    cfg = PipelineConfig(work_dir=tmp_path / "work", pairs=PairsConfig(margin=0.05))
+    with pytest.raises(StageFailed, match=r"no DPO pair from 1 queries .*gap") as err:
+        pairs_flow(cfg, text_pairs=text, rewards=rewards)
+    kept = list((tmp_path / "work").rglob("dpo_pairs.parquet"))
+    assert len(kept) == 1 and str(kept[0]) in str(err.value)

@@ -85,9 +85,9 @@ class SafetyConfig(Section):
 class SplitConfig(Section):
     """Sizes of the SFT, DPO and evaluation sets (paper: 10k + 10k, ~10% safety)."""
 
-    sft: int = Field(16, ge=0, description="Queries for SFT data generation (paper: 10,000).")
+    sft: int = Field(12, ge=0, description="Queries for SFT data generation (paper: 10,000).")
     dpo: int = Field(8, ge=0, description="Queries for preference data (paper: 10,000).")
-    eval: int = Field(8, ge=0, description="Held-out queries for evaluation.")
+    eval: int = Field(6, ge=0, description="Held-out queries for evaluation.")
     safety_share: float = Field(0.1, ge=0, le=1, description="Share of safety queries in "
                                 "each split (paper: ~2k of 20k).")
 
@@ -151,7 +151,7 @@ class LLMConfig(Section):
         "compatible api_base (less CPU per call); 'auto' picks http for openai/<name> with an "
         "api_base, else litellm.")
     temperature: float = Field(0.0, ge=0, le=2)
-    max_tokens: int = Field(128, ge=1, description="Longest answer in tokens (paper: 1024).")
+    max_tokens: int = Field(64, ge=1, description="Longest answer in tokens (paper: 1024).")
     seed: int | None = Field(0, description="Sampling seed sent with each request.")
     concurrency: int = Field(16, ge=1, description="Requests in flight at once (the local "
                              "model batches this many).")
@@ -189,7 +189,7 @@ class TrainConfig(Section):
 
     learning_rate: float = Field(2e-5, gt=0)
     epochs: float = Field(1, gt=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of the steps spent warming up (paper: 0.1); 0 for a few-step run, whose first step would otherwise have lr 0.")
     global_batch_size: int = Field(8, ge=1, description="Examples per optimizer step, over "
                                    "all processes (gradient accumulation makes up the rest).")
     per_device_batch_size: int = Field(4, ge=1)
@@ -221,7 +221,7 @@ class SampleConfig(Section):
     k: int = Field(4, ge=2, description="Samples per query (paper: 4).")
     temperature: float = Field(0.9, gt=0)
     top_p: float = Field(0.9, gt=0, le=1)
-    max_new_tokens: int = Field(96, ge=1, description="Longest sampled prompt (paper: 512).")
+    max_new_tokens: int = Field(64, ge=1, description="Longest sampled prompt (paper: 512).")
     backend: Literal["transformers", "vllm"] = "transformers"
     shard_size: int = Field(16, ge=1)
 
@@ -266,7 +266,7 @@ class ScoreConfig(Section):
 class PairsConfig(Section):
     """Preference pairs from text and video feedback."""
 
-    margin: float = Field(0.05, ge=0, description="A video pair needs a reward gap above "
+    margin: float = Field(0.01, ge=0, description="A video pair needs a reward gap above "
                           "this (paper: 0.5 on the 64-question checklist score, whose range "
                           "is 0-6.3; frame-metrics scores lie in 0-1).")
     one_per_query: bool = Field(True, description="Keep one video pair per query.")
@@ -278,6 +278,8 @@ class TrainDpoConfig(TrainConfig):
     """DPO from the SFT model (paper: beta 0.1, lr 5e-7, global batch 16, 1 epoch, ZeRO-3)."""
 
     learning_rate: float = Field(5e-6, gt=0)
+    global_batch_size: int = Field(4, ge=1, description="Pairs per optimizer step, over all "
+                                   "processes (paper: 16).")
     beta: float = Field(0.1, gt=0)
     precompute_ref_log_probs: bool = False
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vpo_core.models.bundled import BUNDLED_PREFIX, bundled_model_dir
+from vpo_core.progress import Progress
 from vpo_core.prompts.templates import optimizer_messages
 
 
@@ -94,7 +95,9 @@ class Optimizer:
         sampling = sampling or Sampling()
         rounds: list[list[str]] = []
         current = list(queries)
+        progress = Progress(f"optimize {len(current)} queries: rounds", iterations)
         for r in range(iterations):
             current = self._generate(current, sampling, r)
             rounds.append(current)
+            progress.step()
         return [list(per_query) for per_query in zip(*rounds, strict=True)]

@@ -70,5 +70,7 @@ def prefect_env(work: WorkDir, environ: dict[str, str] | None = None) -> dict[st
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
         "HF_HOME": str(work.hf_home),
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        # progress lines of vpo_core (vpo_core.progress) in the terminal and the run log
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "vpo_core",
     }
     return {k: v for k, v in wanted.items() if k not in environ}

@@ -27,6 +27,7 @@ from aiolimiter import AsyncLimiter
 
 from vpo_core.config import LLMConfig
 from vpo_core.llm.transports import CallError, Completion, make_transport
+from vpo_core.progress import Progress
 
 T = TypeVar("T")
 MAX_RETRY_AFTER = 60.0
@@ -110,11 +111,13 @@ class LLMClient:
         gate = asyncio.Semaphore(cfg.concurrency)
         rpm = AsyncLimiter(cfg.requests_per_minute, 60) if cfg.requests_per_minute else None
         tpm = AsyncLimiter(cfg.tokens_per_minute, 60) if cfg.tokens_per_minute else None
+        progress = Progress(f"{cfg.model} calls", len(requests))
         async with make_transport(cfg, self.api_key, self.model_cache) as transport:
 
             async def one(request: LLMRequest) -> LLMResult:
                 async with gate:
                     result = await self._with_retries(transport, request, rpm, tpm)
+                progress.step()
                 if on_result is not None:
                     on_result(result)
                 return result

@@ -8,8 +8,11 @@ the question before answering is read by its answer.
 ``lenient`` is the documented fallback for small local models that ignore the format:
 an answer without ``[[start]]`` is taken as the prompt itself once preambles ("Sure,
 here is...") are removed and it has at least eight words; a judgement without the
-``Final Judgement (Yes or No):`` line is read from a leading or last standalone yes/no.
-``strict`` accepts only the template's format (the paper's setting).
+``Final Judgement (Yes or No):`` line is read from a leading yes/no, else from the first
+statement about alignment ("is well aligned" = yes; "is not aligned", "misaligned",
+"does not align" = no: SmolLM2-135M writes critiques like these and never the verdict
+line), else from the last standalone yes/no. ``strict`` accepts only the template's
+format (the paper's setting).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ _PREAMBLE = re.compile(
     r"((here\s+is|here's|below\s+is)[^:\n]*:|(final\s+refined\s+prompt|refined\s+prompt|"
     r"video\s+prompt|prompt)\s*:)\s*", re.I)
 _YES_NO = re.compile(r"\b(yes|no)\b", re.I)
+_ALIGNS = re.compile(r"(?P<neg>\bnot\s+|n't\s+|\bmis-?|\bpoorly\s+|\bfails?\s+to\s+)?"
+                     r"(?:(?:well|fully|properly|really|be)[\s-]+)?(?:(?<=mis)|(?<=mis-)|\b)"
+                     r"align(?:ed|s)?\b", re.I)
 MIN_FALLBACK_WORDS = 8
 
 
@@ -94,8 +100,13 @@ def parse_verdict(text: str | None, kind: str, lenient: bool = False) -> Parsed:
         return Parsed("refusal")
     if not lenient:
         return Parsed("unparseable")
+    lead = _YES_NO.match(text.strip().lstrip("*_\"'“ "))
+    if lead:
+        return Parsed("ok", lead.group(1).lower(), fallback=True)
+    aligns = _ALIGNS.search(text) if kind == "judgement" else None
+    if aligns:
+        return Parsed("ok", "no" if aligns.group("neg") else "yes", fallback=True)
     words = _YES_NO.findall(text)
     if not words:
         return Parsed("unparseable")
-    lead = _YES_NO.match(text.strip().lstrip("*_\"'“ "))
-    return Parsed("ok", (lead.group(1) if lead else words[-1]).lower(), fallback=True)
+    return Parsed("ok", words[-1].lower(), fallback=True)

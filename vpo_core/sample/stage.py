@@ -20,6 +20,7 @@ import polars as pl
 from vpo_core.config import SampleConfig
 from vpo_core.errors import ConfigError
 from vpo_core.optimizer import Optimizer, Sampling
+from vpo_core.progress import Progress
 from vpo_core.tables import DataRef, polars_schema, read_table, write_table
 
 Generate = Callable[[str, int], list[str]]
@@ -70,7 +71,7 @@ def sample_shard(rows: list[dict[str, str]], model: str, cfg: SampleConfig, seed
     """Sample one shard of queries; write its ``samples`` rows (K per query)."""
     start = time.perf_counter()
     generate = generate or GENERATORS[cfg.backend](model, cfg)
-    out = []
+    out, progress = [], Progress(f"sample shard {shard}: queries", len(rows))
     for row in rows:
         qseed = query_seed(seed, row["query_id"])
         try:
@@ -81,6 +82,7 @@ def sample_shard(rows: list[dict[str, str]], model: str, cfg: SampleConfig, seed
             out.append({**row, "sample_index": i, "prompt": prompt or None,
                         "status": status or ("ok" if prompt else "empty"),
                         "model": model, "seed": qseed})
+        progress.step()
     df = pl.DataFrame(out, schema=polars_schema("samples"))
     ref = write_table(df, out_dir / f"samples-{shard:05d}.parquet", "samples")
     return {"samples": ref, "stats": stats(df, time.perf_counter() - start)}

@@ -1,0 +1,32 @@
+"""Progress lines of long loops: throttled, with counts, on the logger Prefect routes to
+the terminal and the run log."""
+
+import logging
+
+from vpo_core.progress import Progress
+from vpo_core.workdir import WorkDir, prefect_env
+
+
+def test_progress_lines_are_throttled_and_count(caplog, monkeypatch) -> None:
+    clock = iter([0.0, 1.0, 12.0, 13.0, 30.0])
+    monkeypatch.setattr("vpo_core.progress.time.monotonic", lambda: next(clock))
+    caplog.set_level(logging.INFO, logger="vpo_core.progress")
+    progress = Progress("judge calls", 3)               # starts at t=0
+    for _ in range(3):                       # t=1 quiet, t=12 ten seconds on, t=13 the end
+        progress.step()
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        "judge calls: 2/3 done", "judge calls: 3/3 done"]
+
+
+def test_a_long_loop_reports_its_end_and_a_short_one_stays_quiet(caplog, monkeypatch) -> None:
+    clock = iter([0.0, 11.0, 0.0, 1.0])
+    monkeypatch.setattr("vpo_core.progress.time.monotonic", lambda: next(clock))
+    caplog.set_level(logging.INFO, logger="vpo_core.progress")
+    Progress("long", 1).step()
+    Progress("short", 1).step()
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["long: 1/1 done"]
+
+
+def test_cli_and_workers_route_vpo_core_logs_through_prefect(tmp_path) -> None:
+    env = prefect_env(WorkDir.at(tmp_path), {})
+    assert env["PREFECT_LOGGING_EXTRA_LOGGERS"] == "vpo_core"
