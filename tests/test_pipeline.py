@@ -62,7 +62,8 @@ def tiny_pipeline(tmp: Path, judge: LLMConfig, name: str) -> Path:
 
 
 def _vpo(*args: str) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", *args]
+    """The ``vpo`` command of this environment, as a user runs it."""
+    return [str(Path(sys.executable).parent / "vpo"), *args]
 
 
 def _outputs(work: Path) -> dict[str, Path]:

@@ -189,7 +189,9 @@ class TrainConfig(Section):
 
     learning_rate: float = Field(2e-5, gt=0)
     epochs: float = Field(1, gt=0)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of the steps spent warming up (paper: 0.1); 0 for a few-step run, whose first step would otherwise have lr 0.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of the steps spent "
+                                "warming up (paper: 0.1); 0 for a few-step run, whose first "
+                                "step would otherwise have lr 0.")
     global_batch_size: int = Field(8, ge=1, description="Examples per optimizer step, over "
                                    "all processes (gradient accumulation makes up the rest).")
     per_device_batch_size: int = Field(4, ge=1)
