@@ -7,12 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-
 from tasks.caching import stage_task
 from vpo_core.config import RenderConfig
 from vpo_core.render.renderer import render_rows
-from vpo_core.tables import DataRef, polars_schema, read_table, write_table
+from vpo_core.tables import DataRef, concat_tables, write_table
 
 MODULES = ("vpo_core.render",)
 
@@ -27,8 +25,7 @@ def shard(rows: list[dict[str, Any]], index: int, cfg: RenderConfig, seed: int,
 
 @stage_task(name="render-merge", modules=MODULES)
 def merge(shards: list[DataRef], out_dir: str) -> dict[str, Any]:
-    parts = [read_table(s, "videos") for s in shards]
-    df = pl.concat(parts) if parts else pl.DataFrame(schema=polars_schema("videos"))
+    df = concat_tables(shards, "videos")
     vc = df.get_column("status").value_counts()
     return {"videos": write_table(df, Path(out_dir) / "videos.parquet", "videos"),
             "stats": {"videos": df.height,

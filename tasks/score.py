@@ -12,7 +12,7 @@ from tasks.llm import judge_api_key
 from vpo_core.config import LLMConfig, ScoreConfig
 from vpo_core.reward.checklist import read_answers_file
 from vpo_core.reward.scoring import score_rows
-from vpo_core.tables import DataRef, polars_schema, read_table, write_table
+from vpo_core.tables import DataRef, concat_tables, read_table, write_table
 
 MODULES = ("vpo_core.reward", "vpo_core.llm", "vpo_core.render.video")
 
@@ -29,8 +29,7 @@ def shard(videos: DataRef, lo: int, hi: int, cfg: ScoreConfig, judge: LLMConfig,
 
 @stage_task(name="score-merge", modules=MODULES)
 def merge(shards: list[DataRef], out_dir: str) -> dict[str, Any]:
-    parts = [read_table(s, "rewards") for s in shards]
-    df = pl.concat(parts) if parts else pl.DataFrame(schema=polars_schema("rewards"))
+    df = concat_tables(shards, "rewards")
     vc = df.get_column("status").value_counts()
     ok = df.filter(pl.col("status") == "ok")["score"]
     return {"rewards": write_table(df, Path(out_dir) / "rewards.parquet", "rewards"),

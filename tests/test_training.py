@@ -123,6 +123,7 @@ def test_saved_model_reloads_and_generates(killed_and_resumed) -> None:
     names = {p.name for p in model.iterdir()}
     assert {"model.safetensors", "tokenizer.json", "README.md"} <= names
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)   # no pickles
+    assert not (Path(spec.output_dir) / "checkpoints").exists()   # resume state dropped
     assert (Path(spec.output_dir) / "loss.png").stat().st_size > 1000
     card = (model / "README.md").read_text()
     assert metrics["data_sha256"] in card and "learning_rate" in card

@@ -204,6 +204,8 @@ class TrainConfig(Section):
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
     save_steps: int = Field(2, ge=1, description="Checkpoint every this many steps; a killed "
                             "run resumes from the last checkpoint.")
+    keep_checkpoints: bool = Field(False, description="Keep the checkpoints (weights and "
+                                   "optimizer state) once the final model is saved.")
     num_processes: int = Field(1, ge=1, description="Processes (GPUs) for accelerate launch; "
                                "more than 1, or a ZeRO stage, runs the launcher.")
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage; 0 = none.")

@@ -135,3 +135,11 @@ def read_table(ref: DataRef | str | Path, table: str | None = None) -> pl.DataFr
         if missing:
             raise ValueError(f"{path}: not a {table!r} table, missing columns {missing}")
     return df
+
+
+def concat_tables(shards: list[DataRef], table: str) -> pl.DataFrame:
+    """The shards of one table as one frame; no shards gives an empty frame of its schema
+    (a stage with nothing to do still writes its table)."""
+    if not shards:
+        return pl.DataFrame(schema=polars_schema(table))
+    return pl.concat([read_table(s, table) for s in shards])

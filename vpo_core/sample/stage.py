@@ -21,7 +21,7 @@ from vpo_core.config import SampleConfig
 from vpo_core.errors import ConfigError
 from vpo_core.optimizer import Optimizer, Sampling
 from vpo_core.progress import Progress
-from vpo_core.tables import DataRef, polars_schema, read_table, write_table
+from vpo_core.tables import DataRef, concat_tables, polars_schema, write_table
 
 Generate = Callable[[str, int], list[str]]
 
@@ -101,7 +101,6 @@ def stats(df: pl.DataFrame, seconds: float) -> dict[str, Any]:
 
 def merge(shards: list[DataRef], out_dir: Path) -> dict[str, Any]:
     """Concatenate the shards into ``samples.parquet``."""
-    df = pl.concat([read_table(s, "samples") for s in shards]) if shards else \
-        pl.DataFrame(schema=polars_schema("samples"))
+    df = concat_tables(shards, "samples")
     ref = write_table(df, out_dir / "samples.parquet", "samples")
     return {"samples": ref, "stats": stats(df, 0.0)}

@@ -22,7 +22,7 @@ from vpo_core.llm.client import LLMClient, LLMRequest, LLMResult
 from vpo_core.prompts.parsing import Parsed, extract_prompt, parse_verdict
 from vpo_core.prompts.templates import critique_messages, generation_messages, refine_messages
 from vpo_core.shards import split_shards
-from vpo_core.tables import DataRef, polars_schema, read_table, write_table
+from vpo_core.tables import DataRef, concat_tables, polars_schema, read_table, write_table
 
 SKIPPED = "skipped"
 
@@ -126,8 +126,7 @@ def shard_stats(df: pl.DataFrame, seconds: float) -> dict[str, Any]:
 
 def merge(shards: list[DataRef], out_dir: Path) -> dict[str, Any]:
     """Concatenate the shards into ``sft_examples.parquet``."""
-    df = pl.concat([read_table(s, "sft_examples") for s in shards]) if shards else \
-        pl.DataFrame(schema=polars_schema("sft_examples"))
+    df = concat_tables(shards, "sft_examples")
     ref = write_table(df, out_dir / "sft_examples.parquet", "sft_examples")
     return {"sft_examples": ref, "stats": shard_stats(df, 0.0)}
 

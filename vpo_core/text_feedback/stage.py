@@ -21,7 +21,7 @@ from vpo_core.errors import StageFailed
 from vpo_core.llm.client import LLMClient, LLMRequest, LLMResult
 from vpo_core.prompts.parsing import Parsed, extract_prompt, parse_verdict
 from vpo_core.prompts.templates import critique_messages, refine_messages
-from vpo_core.tables import DataRef, polars_schema, read_table, write_table
+from vpo_core.tables import DataRef, concat_tables, polars_schema, read_table, write_table
 
 SKIPPED = "skipped"
 
@@ -109,8 +109,7 @@ def merge(shards: list[dict[str, DataRef]], out_dir: Path) -> dict[str, Any]:
     """Concatenate the shards into ``critiques.parquet`` and ``text_pairs.parquet``."""
     out: dict[str, Any] = {}
     for table in ("critiques", "text_pairs"):
-        parts = [read_table(s[table], table) for s in shards]
-        df = pl.concat(parts) if parts else pl.DataFrame(schema=polars_schema(table))
+        df = concat_tables([s[table] for s in shards], table)
         out[table] = write_table(df, out_dir / f"{table}.parquet", table)
     out["stats"] = stats(read_table(out["critiques"], "critiques"), 0.0)
     return out

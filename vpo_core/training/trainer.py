@@ -2,16 +2,19 @@
 ``accelerate launch`` (DeepSpeed ZeRO), from a JSON :class:`TrainSpec`.
 
 Checkpoints go to ``<output>/checkpoints`` every ``save_steps``; a run that finds one
-resumes from it at its step. The finished model (LoRA adapters merged) goes to
-``<output>/model`` with its tokenizer, a model card, ``metrics.json`` and the loss curve
-(``loss.png``). Progress (step, loss) is appended to ``<output>/progress.jsonl`` as it
-happens, which is how the launcher reports it while training runs.
+resumes from it at its step. They are deleted once the model is saved unless
+``keep_checkpoints`` (weights + optimizer state: ~2 GB for SmolLM2-135M in fp32). The
+finished model (LoRA adapters merged) goes to ``<output>/model`` with its tokenizer, a
+model card, ``metrics.json`` and the loss curve (``loss.png``). Progress (step, loss) is
+appended to ``<output>/progress.jsonl`` as it happens, which is how the launcher reports
+it while training runs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -159,6 +162,8 @@ def train(spec: TrainSpec) -> dict[str, Any]:
                "rows": len(trainer.train_dataset), "data_sha256": file_sha256(spec.data)}
     (output / METRICS).write_text(json.dumps(metrics, indent=2))
     write_report(spec, cfg, metrics, output)
+    if not cfg.keep_checkpoints:  # they only serve a killed run, and weigh ~4x the model
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return metrics
 
 
