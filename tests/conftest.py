@@ -16,6 +16,7 @@ os.environ.update({
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(_HOME / "results"),
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "vpo_core",  # as the CLI and workers set it
 })
 (_HOME / "prefect").mkdir(parents=True, exist_ok=True)
 

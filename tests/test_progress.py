@@ -3,6 +3,8 @@ the terminal and the run log."""
 
 import logging
 
+import pytest
+
 from vpo_core.progress import Progress
 from vpo_core.workdir import WorkDir, prefect_env
 
@@ -30,3 +32,29 @@ def test_a_long_loop_reports_its_end_and_a_short_one_stays_quiet(caplog, monkeyp
 def test_cli_and_workers_route_vpo_core_logs_through_prefect(tmp_path) -> None:
     env = prefect_env(WorkDir.at(tmp_path), {})
     assert env["PREFECT_LOGGING_EXTRA_LOGGERS"] == "vpo_core"
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_progress_lines_reach_the_flow_run_log() -> None:
+    """What the UI shows under the run's logs, not only the terminal."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    import tasks  # noqa: F401  (sets the vpo_core level, as every flow module does)
+
+    @flow(name="progress-demo")
+    def demo() -> None:
+        progress = Progress("demo calls", 2, every_s=0.0)
+        progress.step()
+        progress.step()
+
+    state = demo(return_state=True)
+    APILogHandler().flush()                    # logs go to the API in background batches
+    run_filter = LogFilter(flow_run_id=LogFilterFlowRunId(
+        any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=run_filter)
+    lines = [log.message.split(" (")[0] for log in logs if log.name == "vpo_core.progress"]
+    assert lines == ["demo calls: 1/2 done", "demo calls: 2/2 done"]
