@@ -329,3 +329,7 @@ def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 def main() -> None:
     """Entry point of the ``vpo`` script."""
     sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()
