@@ -228,6 +228,9 @@ class SampleConfig(Section):
     max_new_tokens: int = Field(64, ge=1, description="Longest sampled prompt (paper: 512).")
     backend: Literal["transformers", "vllm"] = "transformers"
     shard_size: int = Field(16, ge=1)
+    batch_size: int = Field(8, ge=1, description="transformers backend: queries per generate "
+                            "call (K sequences each); a query's samples are the same in any "
+                            "batch. vLLM takes a whole shard at once.")
 
 
 class TextFeedbackConfig(Section):
