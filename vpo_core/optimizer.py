@@ -90,14 +90,19 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     return torch.float32
 
 
-def row_sampler(generators: Sequence[Any]) -> Any:
-    """A logits processor that samples row i's next token with ``generators[i]`` (one
-    uniform draw per row and step, inverse CDF over the row's own probabilities) and
-    leaves only that token finite, so greedy decoding emits it.
+def row_sampler(generators: Sequence[Any], temperature: float, top_p: float,
+                candidates: int = 256) -> Any:
+    """A logits processor that samples row i's next token with ``generators[i]`` and leaves
+    only that token finite, so greedy decoding emits it.
 
     Transformers' sampling draws from the global RNG for the whole batch at once, so a row's
     tokens would depend on its neighbours; here they depend on the row's logits and its
-    generator alone. Put it last, after the temperature and top-p warpers.
+    generator alone: one uniform draw per row and step, inverted through the row's
+    cumulative distribution in vocabulary order. Temperature and top-p are applied here
+    too (the nucleus: every token at least as likely as the one that brings the mass of
+    the most likely tokens to ``top_p``), from a top-``candidates`` partial sort instead of
+    a sort of the whole vocabulary at every step; ties are kept together, so the order a
+    sort puts them in never matters.
     """
     import torch
     from transformers import LogitsProcessor
@@ -105,18 +110,36 @@ def row_sampler(generators: Sequence[Any]) -> Any:
     class RowSampler(LogitsProcessor):
         def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor
                      ) -> torch.FloatTensor:
-            probs = torch.softmax(scores.double(), dim=-1)
-            cdf = probs.cumsum(dim=-1)
+            logp = torch.log_softmax(scores.double() / temperature, dim=-1)
+            if top_p < 1.0:
+                logp = logp.masked_fill(logp < _nucleus_floor(logp, top_p, candidates),
+                                        float("-inf"))
+            cdf = logp.exp().cumsum(dim=-1)
             u = torch.stack([torch.rand((), generator=g, device=g.device, dtype=torch.float64)
                              for g in generators]).to(scores.device)
             # side="right": the first token whose cumulative mass exceeds u * total, which
             # always has a non-zero probability (also when u == 0)
             pick = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True)
             pick = pick.clamp(max=scores.shape[-1] - 1)
-            out = torch.full_like(scores, float("-inf"))
-            return out.scatter_(1, pick, 0.0)
+            return torch.full_like(scores, float("-inf")).scatter_(1, pick, 0.0)
 
     return RowSampler()
+
+
+def _nucleus_floor(logp: Any, top_p: float, candidates: int) -> Any:
+    """Per row, the log-probability of the least likely token of the nucleus: from the top
+    ``candidates`` tokens, or a full sort for the rows whose top does not reach ``top_p``."""
+    import torch
+
+    def floor(top: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mass = top.exp().cumsum(dim=-1)
+        last = torch.searchsorted(mass, torch.full_like(mass[:, :1], top_p))
+        return top.gather(1, last.clamp(max=top.shape[-1] - 1)), mass[:, -1] < top_p
+
+    out, flat = floor(logp.topk(min(candidates, logp.shape[-1]), dim=-1).values)
+    if bool(flat.any()):
+        out[flat] = floor(logp[flat].sort(dim=-1, descending=True).values)[0]
+    return out
 
 
 class Optimizer:
@@ -195,7 +218,7 @@ class Optimizer:
         prompt follows it with padding in between (masked out; positions come from the
         mask), so a row computes the same whatever its neighbours."""
         import torch
-        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+        from transformers import LogitsProcessorList
 
         tok = self.tokenizer
         prefix, prefix_cache = self._prefix
@@ -210,11 +233,9 @@ class Optimizer:
                              for r in rests], device=self.device)
         processors = LogitsProcessorList()
         if seeds is not None:
-            processors.append(TemperatureLogitsWarper(sampling.temperature))
-            if sampling.top_p < 1.0:
-                processors.append(TopPLogitsWarper(sampling.top_p))
-            processors.append(row_sampler([
-                torch.Generator(device=self.device).manual_seed(s % 2**63) for s in seeds]))
+            processors.append(row_sampler(
+                [torch.Generator(device=self.device).manual_seed(s % 2**63) for s in seeds],
+                sampling.temperature, sampling.top_p))
         with torch.inference_mode():
             cache = None
             if shared:
