@@ -13,9 +13,9 @@ from typing import ClassVar
 import polars as pl
 import pytest
 
+from vpo_core import optimizer
 from vpo_core.config import LLMConfig, SampleConfig
 from vpo_core.optimizer import Optimizer, Sampling
-from vpo_core.sample import stage
 from vpo_core.sample.stage import query_seed, sample_shard
 from vpo_core.tables import read_table
 from vpo_core.text_feedback.stage import run_shard
@@ -86,13 +86,13 @@ class _FakeVLLM:
 
     engines: ClassVar[list[_FakeVLLM]] = []
 
-    def __init__(self, model: str, seed: int) -> None:
+    def __init__(self, model: str, dtype: str, seed: int) -> None:
         self.model, self.calls = model, []
         _FakeVLLM.engines.append(self)
 
     def chat(self, conversations: list, params: list, use_tqdm: bool) -> list:
         self.calls.append((conversations, params))
-        return [types.SimpleNamespace(outputs=[
+        return [types.SimpleNamespace(prompt_token_ids=[1] * 9, outputs=[
             types.SimpleNamespace(text=f" s{p.seed}-{j} ", token_ids=[1] * (2 + j),
                                   finish_reason="length" if j == p.n - 1 else "stop")
             for j in range(p.n)]) for p in params]
@@ -104,7 +104,7 @@ def test_vllm_backend_keeps_one_engine_and_sends_a_shard_at_once(
     vllm.LLM = _FakeVLLM
     vllm.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
     monkeypatch.setitem(sys.modules, "vllm", vllm)
-    monkeypatch.setattr(stage, "_VLLM_ENGINES", {})
+    monkeypatch.setattr(optimizer, "_VLLM_ENGINES", {})
     _FakeVLLM.engines = []
     cfg = SampleConfig(k=2, backend="vllm")
     first = read_table(sample_shard(QUERIES[:3], "m", cfg, 0, tmp_path, 0)["samples"])

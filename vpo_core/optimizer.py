@@ -43,11 +43,13 @@ class Sampling:
 @dataclass(frozen=True)
 class Generation:
     """One generated prompt; ``truncated`` when it stopped at ``max_new_tokens`` instead of
-    ending on its own (a cut-off prompt)."""
+    ending on its own (a cut-off prompt); token counts of the answer and of the prompt
+    (instruction and query in the chat template)."""
 
     text: str
     truncated: bool
     tokens: int
+    prompt_tokens: int = 0
 
 
 def stable_seed(*parts: object) -> int:
@@ -247,11 +249,11 @@ class Optimizer:
                 top_p=None, top_k=None, logits_processor=processors, use_cache=True,
                 pad_token_id=pad)
         out = []
-        for row in out_ids[:, ids.shape[1]:].tolist():
+        for prompt, row in zip(prompts, out_ids[:, ids.shape[1]:].tolist(), strict=True):
             ended = next((n for n, t in enumerate(row) if t in self._stop), None)
             tokens = row if ended is None else row[:ended]
             out.append(Generation(tok.decode(tokens, skip_special_tokens=True).strip(),
-                                  truncated=ended is None, tokens=len(tokens)))
+                                  ended is None, len(tokens), len(prompt)))
         return out
 
     def sample(self, queries: Sequence[str], k: int, sampling: Sampling,
@@ -276,3 +278,47 @@ class Optimizer:
             current = [g.text for g in self.generate(current, sampling, seeds)]
             rounds.append(current)
         return [list(per_query) for per_query in zip(*rounds, strict=True)]
+
+
+# One vLLM engine per process, model and dtype: loading one takes minutes on a GPU, and a
+# worker samples many shards (a server answers many requests) with it.
+_VLLM_ENGINES: dict[tuple[str, str], Any] = {}
+
+
+class VLLMOptimizer:
+    """:class:`Optimizer`'s ``generate`` and ``sample`` on vLLM (GPU machines): one call
+    for all the queries given, a seed per request."""
+
+    def __init__(self, model: str, dtype: str = "auto") -> None:
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise ConfigError("vLLM is not installed (pip install vllm on a GPU "
+                              "machine)") from exc
+        if (model, dtype) not in _VLLM_ENGINES:
+            _VLLM_ENGINES[model, dtype] = LLM(model=model, dtype=dtype, seed=0)
+        self.name, self.llm = model, _VLLM_ENGINES[model, dtype]
+
+    def _chat(self, queries: Sequence[str], sampling: Sampling, n: int,
+              seeds: Sequence[int] | None) -> list[list[Generation]]:
+        from vllm import SamplingParams
+
+        params = [SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
+                                 max_tokens=sampling.max_new_tokens,
+                                 seed=None if seeds is None else seeds[i] % 2**31)
+                  for i in range(len(queries))]
+        outs = self.llm.chat([optimizer_messages(q) for q in queries], params,
+                             use_tqdm=False)
+        return [[Generation(c.text.strip(), c.finish_reason == "length", len(c.token_ids),
+                            len(out.prompt_token_ids)) for c in out.outputs] for out in outs]
+
+    def generate(self, queries: Sequence[str], sampling: Sampling,
+                 seeds: Sequence[int] | None = None) -> list[Generation]:
+        """One prompt per query; greedy at temperature 0."""
+        sampled = sampling.temperature > 0
+        return [g for [g] in self._chat(queries, sampling, 1, seeds if sampled else None)]
+
+    def sample(self, queries: Sequence[str], k: int, sampling: Sampling,
+               seeds: Sequence[int]) -> list[list[Generation]]:
+        """``k`` prompts per query (``n = k``), query i seeded with ``seeds[i]``."""
+        return self._chat(queries, sampling, k, seeds)

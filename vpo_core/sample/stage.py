@@ -22,7 +22,7 @@ import polars as pl
 
 from vpo_core.config import SampleConfig
 from vpo_core.errors import ConfigError
-from vpo_core.optimizer import Generation, Optimizer, Sampling, stable_seed
+from vpo_core.optimizer import Generation, Optimizer, Sampling, VLLMOptimizer, stable_seed
 from vpo_core.tables import DataRef, concat_tables, polars_schema, write_table
 
 # (queries, their seeds) -> K generations per query
@@ -34,9 +34,7 @@ def query_seed(seed: int, query_id: str) -> int:
     return stable_seed(seed, query_id)
 
 
-def transformers_generator(model: str, cfg: SampleConfig) -> Generate:
-    """K samples per query, ``cfg.batch_size`` queries per ``generate`` call."""
-    opt = Optimizer(model, batch_size=cfg.batch_size * cfg.k)
+def _generator(opt: Optimizer | VLLMOptimizer, cfg: SampleConfig) -> Generate:
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
 
     def generate(queries: Sequence[str], seeds: Sequence[int]) -> list[list[Generation]]:
@@ -44,32 +42,19 @@ def transformers_generator(model: str, cfg: SampleConfig) -> Generate:
     return generate
 
 
-# One vLLM engine per worker process and model: loading one takes minutes on a GPU, and a
-# worker runs many shards.
-_VLLM_ENGINES: dict[str, Any] = {}
+def transformers_generator(model: str, cfg: SampleConfig) -> Generate:
+    """K samples per query, ``cfg.batch_size`` queries per ``generate`` call."""
+    return _generator(Optimizer(model, batch_size=cfg.batch_size * cfg.k), cfg)
 
 
 def vllm_generator(model: str, cfg: SampleConfig) -> Generate:
-    """A whole shard in one ``LLM.chat`` call: ``n = K`` and a seed per query."""
+    """A whole shard in one vLLM call (``n = K``, a seed per query), with the engine kept
+    for the worker's next shards."""
     try:
-        from vllm import LLM, SamplingParams
-    except ImportError as exc:
-        raise ConfigError("sample.backend: vllm needs vLLM installed (pip install vllm on a "
-                          "GPU machine) — or use sample.backend: transformers") from exc
-    from vpo_core.prompts.templates import optimizer_messages
-
-    if model not in _VLLM_ENGINES:
-        _VLLM_ENGINES[model] = LLM(model=model, seed=0)
-    llm = _VLLM_ENGINES[model]
-
-    def generate(queries: Sequence[str], seeds: Sequence[int]) -> list[list[Generation]]:
-        params = [SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
-                                 max_tokens=cfg.max_new_tokens, seed=s % 2**31)
-                  for s in seeds]
-        outs = llm.chat([optimizer_messages(q) for q in queries], params, use_tqdm=False)
-        return [[Generation(c.text.strip(), c.finish_reason == "length", len(c.token_ids))
-                 for c in out.outputs] for out in outs]
-    return generate
+        return _generator(VLLMOptimizer(model), cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"sample.backend: vllm: {exc} — or use sample.backend: "
+                          "transformers") from exc
 
 
 GENERATORS: dict[str, Callable[[str, SampleConfig], Generate]] = {
