@@ -51,7 +51,7 @@ def find_tables(source: Path) -> dict[str, Path]:
         names = set(pq.read_schema(source).names)
         found = [t for t in SPLITS if set(TABLES[t].names) <= names]
         if not found:
-            raise InputError(f"not an {', '.join(SPLITS)} table (columns: "
+            raise InputError(f"not a table of {', '.join(SPLITS)} (its columns: "
                              f"{', '.join(sorted(names))})", path=str(source))
         return {found[0]: source}
     if not source.is_dir():
