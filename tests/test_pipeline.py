@@ -181,6 +181,7 @@ def test_killed_pipeline_resumes_and_matches(deployed, tmp_path: Path,
         done = list((work / "data" / "sample").rglob("samples-00000.parquet"))
         if done:                       # sample shard 0 finished, shard 1 to come
             first = done[0]
+            time.sleep(1.0)            # its result is stored just after its Parquet
             break
         time.sleep(0.1)
     assert first is not None, "the pipeline never reached the sample stage"
