@@ -30,13 +30,11 @@ def run(queries: DataRef, models: dict[str, DataRef], judge: LLMConfig, cfg: Eva
     key, model_cache = judge_api_key(judge), str(current().models)
     rows = (read_table(queries, "queries").filter(pl.col("split") == "eval")
             .sort("query_id").select("query_id", "query").to_dicts())
-    sampling = Sampling(max_new_tokens=max_new_tokens)
+    sampling = Sampling(cfg.temperature, cfg.top_p, max_new_tokens, seed)
     methods: dict[str, Method] = {"original": original,
                                   "few-shot": FewShot(judge, key, model_cache)}
     methods |= {name: OptimizerMethod(ref.path, sampling) for name, ref in models.items()}
-    out = evaluate(rows, methods, judge, max(1, cfg.reoptimize_rounds), Path(out_dir), key,
-                   model_cache)
-    if cfg.video:
-        out |= video_scores(read_table(out["eval_judgements"]), render, score, seed,
-                            Path(out_dir), judge, key)
-    return out
+    video = (lambda df: video_scores(df, render, score, seed, Path(out_dir), judge, key)) \
+        if cfg.video else None
+    return evaluate(rows, methods, judge, max(1, cfg.reoptimize_rounds), Path(out_dir), key,
+                    model_cache, video)

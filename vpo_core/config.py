@@ -189,11 +189,16 @@ class TrainConfig(Section):
 
     learning_rate: float = Field(2e-5, gt=0)
     epochs: float = Field(1, gt=0)
+    lr_scheduler_type: Literal["linear", "constant_with_warmup", "cosine", "constant"] = Field(
+        "linear", description="Learning-rate schedule (official: constant_with_warmup for "
+        "SFT, linear for DPO).")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of the steps spent "
                                 "warming up (paper: 0.1); 0 for a few-step run, whose first "
                                 "step would otherwise have lr 0.")
     global_batch_size: int = Field(8, ge=1, description="Examples per optimizer step, over "
-                                   "all processes (gradient accumulation makes up the rest).")
+                                   "all processes (gradient accumulation makes up the rest). "
+                                   "SFT: the paper says 64; the official sft.yaml trains 2 per "
+                                   "device on 8 GPUs, i.e. 16.")
     per_device_batch_size: int = Field(4, ge=1)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -217,6 +222,9 @@ class TrainSftConfig(TrainConfig):
     """SFT of the policy (paper: lr 2e-6, 5 epochs, global batch 64, bf16, ZeRO-3)."""
 
     epochs: float = Field(2, gt=0)
+    lr_scheduler_type: Literal["linear", "constant_with_warmup", "cosine", "constant"] = Field(
+        "constant_with_warmup", description="Learning-rate schedule (official SFT: "
+        "constant_with_warmup).")
 
 
 class SampleConfig(Section):
@@ -225,7 +233,9 @@ class SampleConfig(Section):
     k: int = Field(4, ge=2, description="Samples per query (paper: 4).")
     temperature: float = Field(0.9, gt=0)
     top_p: float = Field(0.9, gt=0, le=1)
-    max_new_tokens: int = Field(64, ge=1, description="Longest sampled prompt (paper: 512).")
+    max_new_tokens: int = Field(64, ge=1, description="Longest sampled prompt in tokens (the "
+                                "official sampling, src/llama3_infer.py, allows 2048); a "
+                                "sample that hits it is marked cut off, not passed on.")
     backend: Literal["transformers", "vllm"] = "transformers"
     shard_size: int = Field(16, ge=1)
 
@@ -272,6 +282,10 @@ class PairsConfig(Section):
                           "this (paper: 0.5 on the 64-question checklist score, whose range "
                           "is 0-6.3; frame-metrics scores lie in 0-1).")
     one_per_query: bool = Field(True, description="Keep one video pair per query.")
+    video_pair_rule: Literal["first-valid", "largest-gap"] = Field(
+        "largest-gap", description="Which video pair of a query is kept: 'first-valid' (the "
+        "official process_data.py: the first valid pair in sample order) or 'largest-gap' "
+        "(this project's choice: the widest reward gap).")
     text_feedback: bool = Field(True, description="Merge text-level pairs; False is the "
                                 "paper's 'w/o TL FDBK' ablation.")
 
@@ -289,8 +303,14 @@ class TrainDpoConfig(TrainConfig):
 class EvaluateConfig(Section):
     """Text-level alignment (Table 2) and iterative re-optimisation (Table 3)."""
 
-    reoptimize_rounds: int = Field(2, ge=0, description="Rounds of iterative refinement.")
-    video: bool = Field(False, description="Also render and score each method's prompts.")
+    reoptimize_rounds: int = Field(2, ge=0, description="Rounds of iterative refinement "
+                                   "(paper: 4).")
+    video: bool = Field(False, description="Also render and score every method's prompts of "
+                        "every round (the paper's Table 3 is video-level).")
+    temperature: float = Field(0.0, ge=0, description="How the optimizers decode: 0 is "
+                               "greedy (the official README samples at 0.7).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Top-p of the optimizers' sampling "
+                         "(official: 1.0).")
 
 
 class PlacementConfig(Section):
