@@ -313,6 +313,31 @@ class EvaluateConfig(Section):
                          "(official: 1.0).")
 
 
+CheckCode = Literal["empty", "cut-off", "debris", "repetition", "neg-violation",
+                    "multi-paragraph", "too-short", "too-long", "intro", "low-coverage"]
+
+
+class ChecksConfig(Section):
+    """Principle checks (vpo_core/checks.py) on every prompt the pipeline produces: hard
+    ones reject a prompt (no SFT target, a No without a judge call, never chosen in a
+    pair); the others are recorded as flags and reported."""
+
+    hard: list[CheckCode] = Field(
+        default_factory=lambda: ["empty", "cut-off", "debris", "repetition", "neg-violation",
+                                 "multi-paragraph"],
+        description="Checks that reject a prompt; the rest only flag it.")
+    min_words: int = Field(40, ge=0, description="Flag 'too-short' below this many words "
+                           "(the templates ask for about 100).")
+    max_words: int = Field(250, ge=1, description="Flag 'too-long' above this many words.")
+    repetition_ngram: int = Field(3, ge=2, le=6, description="Word n-grams the loop check "
+                                  "counts.")
+    max_repeated_share: float = Field(0.2, ge=0, le=1, description="'repetition' when more "
+                                      "than this share of the n-grams repeat an earlier one.")
+    min_coverage: float = Field(0.5, ge=0, le=1, description="Flag 'low-coverage' when the "
+                                "prompt keeps less than this share of the query's content "
+                                "words (safety queries are exempt).")
+
+
 class PlacementConfig(Section):
     """Where each stage runs: empty = inline, in the flow's own process; a work pool name
     (e.g. 'gpu') = each shard (sample, render, score, sft-data, text-feedback) or the whole
@@ -359,6 +384,7 @@ class PipelineConfig(Section):
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     train_dpo: TrainDpoConfig = Field(default_factory=TrainDpoConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    checks: ChecksConfig = Field(default_factory=ChecksConfig)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
 
 
