@@ -27,7 +27,7 @@ def evaluate_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
                    where=Where.of(config.placement, "evaluate"), queries=queries,
                    models=models or {}, judge=config.judge, cfg=config.evaluate,
                    max_new_tokens=config.sample.max_new_tokens, render=config.render,
-                   score=config.score, seed=config.seed)
+                   score=config.score, checks=config.checks, seed=config.seed)
     markdown = (out["markdown"] + f"\nChart: `{out['eval_chart'].path}`; every judgement: "
                 f"`{out['eval_judgements'].path}`.\n")
     publish_stage("evaluate", markdown, read_table(out["eval_judgements"]).head(20).select(

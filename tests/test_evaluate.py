@@ -142,13 +142,20 @@ def test_rates_counts_report_and_chart(tmp_path: Path, judge_cfg: LLMConfig,
     assert r2["judge_failed"] == {"error:server": 1, "unparseable": 1}   # not the method's
     for g in groups.values():                                      # Table 2 sums to 100%
         assert sum(v["rate"] for v in g["labels"].values()) == pytest.approx(1.0)
+    checks = r1["checks"]                       # principle checks beside the labels
+    assert checks["pass_rate"] == 0.75 and checks["findings"]["empty"] == 0.25
+    assert checks["findings"]["too-short"] == 0.75 and checks["mean_words"] > 0
+    blank = df.filter((pl.col("method") == "scripted") & (pl.col("round") == 1)
+                      & (pl.col("query_id") == "q2")).row(0, named=True)
+    assert not blank["checks_passed"] and blank["check_findings"] == ["empty"]
 
     report = Path(out["eval_report"].path).read_text()
     assert report == out["markdown"]
     for row in ("| original | 0 | 100.0% (4) |", "| few-shot | 0 | 100.0% (4) |",
                 "| scripted | 1 | 0.0% (0) | 25.0% (1) | 25.0% (1) | 50.0% (2) | 0.0% of 4 | 0 |",
                 "| round 0 | round 1 | round 2 |",
-                "| scripted | – | 0.0% (0/4) | 50.0% (1/2) |"):
+                "| scripted | – | 0.0% (0/4) | 50.0% (1/2) |",
+                "## Principle checks", "| scripted | 1 | 75% |"):
         assert row in report, row
     assert Path(out["eval_chart"].path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import polars as pl
 
+from vpo_core.checks import CODES
 from vpo_core.evaluate.alignment import LABELS, SKIPPED
 from vpo_core.reward.checklist import DIMENSIONS
 
@@ -51,7 +52,23 @@ def group_stats(df: pl.DataFrame) -> dict[str, Any]:
         "judge_failed": {s: failed.to_list().count(s) for s in sorted(set(failed))},
         "errors": int(failed.str.starts_with("error:").sum()),
         "fallback": int(df["fallback"].sum()),
+        "checks": check_stats(df),
     }
+
+
+def check_stats(df: pl.DataFrame) -> dict[str, Any]:
+    """The principle checks of one group's prompts: hard-check pass rate, each finding's
+    rate, mean words, content-word coverage and distinct-2 (over all rows)."""
+    findings = df["check_findings"].to_list()
+    return {"pass_rate": _rate(int(df["checks_passed"].sum()), df.height),
+            "findings": {c: _rate(sum(c in f for f in findings), df.height) for c in CODES},
+            "mean_words": round(float(df["words"].mean()), 1) if df.height else None,
+            "coverage": _mean(df["coverage"]), "distinct_2": _mean(df["distinct_2"])}
+
+
+def _mean(col: pl.Series) -> float | None:
+    value = col.drop_nulls().mean()
+    return None if value is None else round(float(value), 4)
 
 
 def results(df: pl.DataFrame) -> list[dict[str, Any]]:
@@ -83,6 +100,27 @@ def _failed(group: dict[str, Any]) -> str:
 
 def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+SHOWN_FINDINGS = ("too-short", "too-long", "intro", "low-coverage", "repetition", "debris")
+
+
+def checks_markdown(groups: list[dict[str, Any]]) -> list[str]:
+    """The principle checks per method and round, beside the judge's labels."""
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.0%}"
+
+    lines = ["", "## Principle checks", "",
+             "| method | round | hard checks passed | " + " | ".join(SHOWN_FINDINGS)
+             + " | mean words | coverage | distinct-2 |",
+             "|---|---:|---:|" + "---:|" * len(SHOWN_FINDINGS) + "---:|---:|---:|"]
+    for g in groups:
+        c = g["checks"]
+        lines.append(f"| {g['method']} | {g['round']} | {pct(c['pass_rate'])} | "
+                     + " | ".join(pct(c["findings"][k]) for k in SHOWN_FINDINGS)
+                     + f" | {c['mean_words']} | {_num(c['coverage'])} | "
+                     f"{_num(c['distinct_2'])} |")
+    return lines
 
 
 def video_markdown(rows: list[dict[str, Any]]) -> list[str]:
@@ -126,6 +164,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
         cells = [_aligned(by_key[method, r]) if (method, r) in by_key else "–"
                  for r in rounds]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += checks_markdown(groups)
     if summary.get("video") is not None:
         lines += video_markdown(summary["video"])
     lines += ["", "## Judge", "",
@@ -142,7 +181,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
 
 
 def label_chart(groups: list[dict[str, Any]], path: Path) -> None:
-    """Grouped bars: for each method and round, the rate of each label (PNG)."""
+    """Grouped bars: for each method and round, the rate of each label, and beside them
+    the share of prompts passing the hard principle checks (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,7 +191,13 @@ def label_chart(groups: list[dict[str, Any]], path: Path) -> None:
     names = [g["method"] if g["round"] == 0 else f"{g['method']} r{g['round']}"
              for g in groups]
     width = 0.8 / len(LABELS)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) + 3), 3.8), dpi=100)
+    fig, (ax, cx) = plt.subplots(1, 2, figsize=(max(9.0, 1.8 * len(groups) + 5), 3.8),
+                                 dpi=100, gridspec_kw={"width_ratios": [3, 2]})
+    cx.bar(range(len(groups)), [100 * (g["checks"]["pass_rate"] or 0.0) for g in groups])
+    cx.set_xticks(range(len(groups)), names, rotation=20, ha="right")
+    cx.set_ylim(0, 100)
+    cx.set_title("Hard principle checks passed (%)")
+    cx.grid(axis="y", alpha=0.3)
     for i, label in enumerate(LABELS):
         rates = [100 * (g["labels"][label]["rate"] or 0.0) for g in groups]
         offset = (i - (len(LABELS) - 1) / 2) * width
