@@ -128,6 +128,12 @@ def row_sampler(generators: Sequence[Any], temperature: float, top_p: float,
     return RowSampler()
 
 
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many tokens ``a`` and ``b`` start with in common."""
+    return next((n for n, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                min(len(a), len(b)))
+
+
 def _nucleus_floor(logp: Any, top_p: float, candidates: int) -> Any:
     """Per row, the log-probability of the least likely token of the nucleus: from the top
     ``candidates`` tokens, or a full sort for the rows whose top does not reach ``top_p``."""
@@ -206,8 +212,8 @@ class Optimizer:
         import torch
         from transformers import DynamicCache
 
-        a, b = self._prompt("a cat"), self._prompt("the sea")
-        ids = a[:next(n for n, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)]
+        a = self._prompt("a cat")
+        ids = a[:_common_length(a, self._prompt("the sea"))]
         cache = DynamicCache(config=self.model.config)
         with torch.inference_mode():
             self.model(input_ids=torch.tensor([ids], device=self.device), past_key_values=cache,
@@ -224,9 +230,10 @@ class Optimizer:
 
         tok = self.tokenizer
         prefix, prefix_cache = self._prefix
-        shared = prefix if all(p[:len(prefix)] == prefix and len(p) > len(prefix)
-                               for p in prompts) else []
-        rests = [p[len(shared):] for p in prompts]
+        # rows share the whole prefix unless a query merged with its last tokens
+        n = min(min(_common_length(p, prefix) for p in prompts), min(map(len, prompts)) - 1)
+        shared = prefix[:n]
+        rests = [p[n:] for p in prompts]
         width = max(map(len, rests))
         pad = tok.pad_token_id
         ids = torch.tensor([shared + [pad] * (width - len(r)) + r for r in rests],
@@ -242,6 +249,7 @@ class Optimizer:
             cache = None
             if shared:
                 cache = copy.deepcopy(prefix_cache)
+                cache.crop(len(shared) - len(prefix))   # removes that many tokens (<= 0)
                 cache.batch_repeat_interleave(len(prompts))
             out_ids = self.model.generate(
                 input_ids=ids, attention_mask=mask, past_key_values=cache,

@@ -5,6 +5,11 @@ PREFECT_HOME inside the work directory before Prefect is imported. Hugging Face 
 where the user's Hugging Face setup says when there is one (:func:`hf_setup`), so models
 downloaded with ``huggingface-cli`` and a saved login are found; only without one do they
 stay in the work directory too.
+
+The work directory is portable: references to files inside it are stored relative to it
+(:class:`vpo_core.tables.DataRef`) and resolved against the *active* work directory of
+the process (:func:`activate`), so a moved directory, or one a GPU worker mounts at
+another path, keeps every cache hit.
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+ACTIVE_ENV = "VPO_WORK_DIR"
+# A worker that mounts the shared work directory at another path than the parent flow
+# sees it sets this; runs sent to that worker use it instead of the parent's path.
+WORKER_ENV = "VPO_WORKER_WORK_DIR"
 
 
 @dataclass(frozen=True)
@@ -105,3 +115,27 @@ def prefect_env(work: WorkDir, environ: Mapping[str, str] | None = None) -> dict
     if hf_setup(environ) is None:
         wanted["HF_HOME"] = str(work.hf_home)
     return {k: v for k, v in wanted.items() if k not in environ}
+
+
+def activate(root: str | Path) -> WorkDir:
+    """Make ``root`` the work directory this process (and the processes it starts)
+    resolves relative references against; return it, created."""
+    work = WorkDir.at(root).create()
+    os.environ[ACTIVE_ENV] = str(work.root)
+    return work
+
+
+def active_root() -> Path | None:
+    """The active work directory, or None when no flow has activated one."""
+    root = os.environ.get(ACTIVE_ENV)
+    return Path(root) if root else None
+
+
+def current() -> WorkDir:
+    """The active work directory (tasks find the model cache and the call store here, so
+    no absolute path is ever a task parameter or part of a cache key)."""
+    root = active_root()
+    if root is None:
+        raise RuntimeError(f"no active work directory: call vpo_core.workdir.activate() "
+                           f"first (or set {ACTIVE_ENV})")
+    return WorkDir(root)
