@@ -157,8 +157,9 @@ Pipeline configuration: {source}.
 ## Licence and attribution
 
 CC BY-NC 4.0: attribution required, no commercial use. The queries are user prompts from
-{VIDPROM}, as selected for VPO by its authors (github.com/thu-coai/VPO); everything here
-is derived from them, so their licence carries over. Cite VidProM (Wenhao Wang and Yi
+{VIDPROM} (the pipeline's bundled sample is the VPO authors' selection from it,
+github.com/thu-coai/VPO); everything here is derived from them, so their licence carries
+over. Cite VidProM (Wenhao Wang and Yi
 Yang, "VidProM: A Million-scale Real Prompt-Gallery Dataset for Text-to-Video Diffusion
 Models", NeurIPS 2024) and VPO (Cheng et al., "VPO: Aligning Text-to-Video Generation
 Models with Prompt Optimization", ICCV 2025) when you use them.
