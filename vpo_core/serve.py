@@ -24,7 +24,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
@@ -80,8 +80,9 @@ class _Job:
 class Batcher:
     """Runs the queries of concurrent requests as few ``generate`` calls: a batch waits up
     to ``wait_ms`` for company (or until ``max_batch`` queries), and what arrives while it
-    generates forms the next one. One call runs at a time; queries with other sampling
-    settings go in their own call."""
+    generates forms the next one. One call runs at a time; queries with other decoding
+    settings (temperature, top-p, token budget) go in their own call, while seeds, being
+    per row, never split a batch."""
 
     engine: Engine
     max_batch: int = 32
@@ -114,15 +115,15 @@ class Batcher:
                 except (TimeoutError, asyncio.QueueEmpty):
                     break
             groups: dict[Sampling, list[_Job]] = {}
-            for job in batch:
-                groups.setdefault(job.sampling, []).append(job)
+            for job in batch:   # seeds are per row: only the decoding settings split a batch
+                groups.setdefault(replace(job.sampling, seed=0), []).append(job)
             for sampling, jobs in groups.items():
                 await self._generate(jobs, sampling)
 
     async def _generate(self, jobs: list[_Job], sampling: Sampling) -> None:
         queries = [j.query for j in jobs]
         # the seed of Optimizer.optimize's first round: the same answers as there
-        seeds = [stable_seed(sampling.seed, 0, q) for q in queries]
+        seeds = [stable_seed(j.sampling.seed, 0, j.query) for j in jobs]
         self.batches += 1
         self.largest = max(self.largest, len(jobs))
         try:
