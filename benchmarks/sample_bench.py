@@ -5,7 +5,7 @@ the global seed) beside the batched sampler it uses now (``Optimizer.sample``:
 seeded random stream, the instruction's shared prefix computed once).
 
     python -m benchmarks.sample_bench [--queries 16] [--k 4] [--max-new-tokens 64]
-                                      [--batch-sizes 4 8 16] [--threads 2]
+                                      [--batch-sizes 1 4 8 16] [--threads 2]
 
 Queries: the first bundled real queries of 3-40 words. Each figure is one pass over the
 same queries in this process (torch threads = ``--threads``), after a warm-up: wall time,
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=16)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--models-dir", default="vpo-work/models")
     args = parser.parse_args()
