@@ -3,14 +3,18 @@ the stages; Prefect's own models read both deployment files, whose entrypoints a
 every pool a preset places work on has its `vpo-step/<pool>` deployment; the job variables
 fit the Kubernetes job template (Prefect's validator and templating, the process worker's
 configuration class, and prefect-kubernetes' where it is installed); the Dockerfile
-installs from the project's pins. `tests/test_pipeline.py` runs these deployments through
-real process workers (`vpo ui up`), job variables included."""
+installs from the project's pins; on a real server (`vpo ui up`, no worker) a resumed
+parent re-attaches to its step run, a failed one is run again, and cancelling the parent
+cancels its step runs. `tests/test_pipeline.py` runs these deployments through real
+process workers, job variables included."""
 
 from __future__ import annotations
 
 import importlib
 import json
 import re
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +229,66 @@ def _requires_python() -> str:
 def test_dockerignore_keeps_outputs_and_environments_out() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".git", "vpo-work*", "*.safetensors"} <= set(ignored)
+
+
+# --------------------------------------------------------------------------- resume, cancel
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`vpo ui up` without workers: a real server (with its services) and prefect.yaml's
+    deployments, so `vpo-step/gpu` runs stay scheduled."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.ui import down, up
+    from vpo_core.workdir import WorkDir
+
+    work = WorkDir.at(tmp_path_factory.mktemp("cluster") / "work")
+    state = up(work, port=_port(), workers=False)
+    try:
+        with temporary_settings({PREFECT_API_URL: state["api"]}):
+            yield
+    finally:
+        down(work)
+
+
+def _parent(key: str) -> list[str]:
+    """A parent submitting one step run as tasks/runner.py does, twice (the second is what
+    a resumed parent does); the ids of both runs."""
+    from prefect import flow
+
+    from tasks.runner import _submit
+
+    params = {"step": "render-shard", "stage": "render", "kwargs": {}, "work_dir": "/x",
+              "force": False}
+
+    @flow(name="cluster-test-parent")
+    def parent() -> list[str]:
+        return [str(_submit("vpo-step/gpu", params, key, False).id) for _ in range(2)]
+
+    return parent()
+
+
+@pytest.mark.slow
+def test_a_resumed_parent_reattaches_and_a_cancelled_one_cancels_its_runs(server) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled, Failed
+
+    first, again = _parent("resume")
+    assert first == again                                   # re-attached, no second run
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(first, Failed(message="test"), force=True)
+        [retried, _] = _parent("resume")
+        assert retried != first                             # a failed run is run again
+        child = client.read_flow_run(retried)
+        parent = client.read_task_run(child.parent_task_run_id).flow_run_id
+        client.set_flow_run_state(parent, Cancelled(message="test"), force=True)
+        deadline = time.monotonic() + 120                   # the cleanup service's loop
+        while (not client.read_flow_run(retried).state.is_final()
+               and time.monotonic() < deadline):
+            time.sleep(1)
+        assert client.read_flow_run(retried).state.is_cancelled()
