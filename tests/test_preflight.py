@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -286,7 +287,7 @@ def test_pool_without_worker_on_a_real_server(tmp_path: Path, prefect_server) ->
     assert "prefect worker start --pool vpo-test-idle" in idle.fix
     assert any(f.field == "placement.render" and "vpo-step/vpo-test-idle does not exist"
                in k for k, f in bad.items())
-    assert any(f.field == "placement.score" and "'vpo-test-absent' does not exist" in k
+    assert any(f.field == "placement.score" and "'vpo-test-absent' (score) does not exist" in k
                for k, f in bad.items())
 
 
@@ -341,3 +342,52 @@ def test_pipeline_flow_fails_first_with_the_findings_artifact(tmp_path: Path,
             key=ArtifactFilterKey(any_=["preflight"])))
     ours = [a for a in arts if a.flow_run_id == state.state_details.flow_run_id]
     assert len(ours) == 1 and "| error | `judge.api_key_env` |" in ours[0].data
+
+
+@pytest.mark.slow
+def test_shared_storage_probe_through_a_real_worker(tmp_path: Path, prefect_server) -> None:
+    """A process worker that sees the work directory at ``worker_view`` (as a worker with
+    ``VPO_WORKER_WORK_DIR`` mounting the shared volume does): a parent writing there is
+    shared with it, a parent writing elsewhere is not."""
+    import signal
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.step import step_flow
+    from tasks.preflight import inspect_pool
+
+    pool, worker_view = "vpo-test-probe", tmp_path / "worker-view"
+    with get_client(sync_client=True) as client:   # what `prefect deploy` makes of prefect.yaml
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"), overwrite=True)
+        client.create_deployment(
+            client.create_flow(step_flow), pool, work_pool_name=pool, path=str(ROOT),
+            entrypoint="flows/step.py:step_flow", pull_steps=[
+                {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}])
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT),
+           "PREFECT_WORKER_QUERY_SECONDS": "1", "VPO_WORKER_WORK_DIR": str(worker_view)}
+    with open(tmp_path / "worker.log", "wb") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool",
+                                   pool, "--type", "process"], env=env, cwd=ROOT, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        for _ in range(240):
+            if inspect_pool(pool).online_workers:
+                break
+            time.sleep(0.5)
+        shared = run_preflight(_config(tmp_path, work_dir=str(worker_view),
+                                       **{"placement.render": pool}))
+        probe = [f for f in shared if f.field == "work_dir" and "pool" in f.found]
+        assert [f.level for f in probe] == ["ok"], (shared, (tmp_path / "worker.log")
+                                                    .read_text()[-3000:])
+        assert "read the probe written here" in probe[0].found
+        apart = run_preflight(_config(tmp_path, work_dir=str(tmp_path / "parent-view"),
+                                      **{"placement.render": pool}))
+        bad = _only_error(apart)
+        assert bad.field == "work_dir" and f"not shared with pool '{pool}'" in bad.found
+        assert "VPO_WORKER_WORK_DIR" in bad.fix
+        assert not list((tmp_path / "parent-view" / "preflight").iterdir())  # probe cleared
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=60)

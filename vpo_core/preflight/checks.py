@@ -309,7 +309,7 @@ def _visionreward(ctx: Context, users: list[Stage]) -> list[Finding]:
                    f"{python} imports {', '.join(modules)}; {gpus} CUDA device(s) visible",
                    "" if gpus or remote else "on CPU, VisionReward takes minutes a video: "
                    "run the score stage on a GPU pool (placement.score)")]
-    facts = hub.check_model(f"{name} (model {model})", model, hub.TRANSFORMERS_MARKER,
+    facts = hub.check_model(name, model, hub.TRANSFORMERS_MARKER,
                             offline=ctx.reach.offline, remote_pool=remote)
     ctx.downloads.append((model, facts.download_bytes))
     return [*out, facts.finding]
@@ -466,7 +466,8 @@ def check_pools(ctx: Context) -> list[Finding]:
         return [Finding("ok", "placement", "every stage runs inline, in the flow's process")]
     out = []
     for pool, stages in pools.items():
-        name = ", ".join(f"placement.{s.name}" for s in stages)
+        name = f"placement.{stages[0].name}"
+        pool_name = f"{pool!r} ({_stages(stages)})"
         if ctx.reach.inspect_pool is None:
             out.append(Finding("warning", name, f"work pool {pool!r} not checked (no Prefect "
                                "client here)", "run vpo check"))
@@ -474,19 +475,19 @@ def check_pools(ctx: Context) -> list[Finding]:
         status = ctx.reach.inspect_pool(pool)
         if status.error:
             out.append(Finding("error", name, f"cannot ask a Prefect server about work pool "
-                               f"{pool!r}: {status.error}", "start a server with workers "
+                               f"{pool_name}: {status.error}", "start a server with workers "
                                "(vpo ui up, or your own) and set PREFECT_API_URL, or clear "
                                "placement to run inline"))
             continue
         if not status.exists:
-            out.append(Finding("error", name, f"work pool {pool!r} does not exist",
+            out.append(Finding("error", name, f"work pool {pool_name} does not exist",
                                f"prefect work-pool create {pool} --type process (vpo ui up "
                                "creates cpu and gpu), or clear placement to run inline"))
             continue
         healthy = True
         if not status.online_workers:
             healthy = False
-            out.append(Finding("error", name, f"work pool {pool!r} has no online worker "
+            out.append(Finding("error", name, f"work pool {pool_name} has no online worker "
                                f"({status.workers} known, none online): its runs would wait",
                                f"start one on a machine for it: prefect worker start --pool "
                                f"{pool}"))
@@ -498,7 +499,7 @@ def check_pools(ctx: Context) -> list[Finding]:
                                " for another pool)"))
         if not healthy:
             continue
-        out.append(Finding("ok", name, f"work pool {pool!r}: {status.online_workers} online "
+        out.append(Finding("ok", name, f"work pool {pool_name}: {status.online_workers} online "
                            f"worker(s), deployment vpo-step/{pool}"))
         if not ctx.work_ok:
             continue

@@ -12,6 +12,7 @@ from vpo_core.errors import StageFailed
 
 Level = Literal["error", "warning", "ok"]
 LEVELS: tuple[Level, ...] = ("error", "warning", "ok")
+FIELD_WIDTH = 26  # longer field names push their line's text along
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def text_table(findings: Sequence[Finding]) -> str:
     """Findings as terminal lines, errors first: level, field, what was found, and the fix
     on the line below (long texts stay greppable: nothing is wrapped or cut)."""
     ordered = sorted(findings, key=lambda f: LEVELS.index(f.level))
-    width = max((len(f.field) for f in ordered), default=0)
+    width = min(FIELD_WIDTH, max((len(f.field) for f in ordered), default=0))
     lines = []
     for f in ordered:
         lines.append(f"  {f.level:<7}  {f.field:<{width}}  {f.found}")

@@ -80,8 +80,9 @@ def model_needs(plan: Plan, params: int | None, work: Path) -> list[Need]:
         kept += runs * params * (2 if cfg.bf16 else 4)
         kept += runs * min(saves, LIVE_CHECKPOINTS - 1) * ckpt if cfg.keep_checkpoints else 0
         peak = max(peak, min(saves, LIVE_CHECKPOINTS) * ckpt)
+    count = f"{params / 1e9:.1f}B" if params >= 1e9 else f"{params / 1e6:.0f}M"
     return [Need("models", kept, work, f"{1 + plan.cfg.iterations} trained models of "
-                 f"{params / 1e6:,.0f}M parameters"),
+                 f"{count} parameters"),
             Need("checkpoints", peak, work, "alive at once while training; deleted after "
                  "unless keep_checkpoints")]
 
