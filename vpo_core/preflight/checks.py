@@ -119,12 +119,14 @@ def _key(ctx: Context) -> tuple[str, str | None, Finding]:
     if judge.api_key_env:
         name = "judge.api_key_env"
         key = os.environ.get(judge.api_key_env)
+        remote = ctx.plan.remote(ctx.plan.judge_stages)
         if not key:
-            return name, None, Finding("error", name, f"the environment variable "
-                                       f"{judge.api_key_env} is not set", f"export "
-                                       f"{judge.api_key_env}=... where the judge's stages run,"
-                                       " or name a Prefect Secret block in "
-                                       "judge.api_key_secret")
+            return name, None, Finding(
+                "warning" if remote else "error", name, f"the environment variable "
+                f"{judge.api_key_env} is not set" + (f" here (the judge's stages run on pool "
+                                                     f"{remote!r})" if remote else ""),
+                f"export {judge.api_key_env}=... where the judge's stages run, or name a "
+                "Prefect Secret block in judge.api_key_secret")
         return name, key, Finding("ok", name, f"{judge.api_key_env} is set")
     if judge.api_base:
         return "judge.api_base", None, Finding("ok", "judge.api_key_env", f"no key configured;"
@@ -196,7 +198,7 @@ def check_judge(ctx: Context) -> list[Finding]:
                         f"{_stages(stages)}: bundled {gguf.name} installed (not loaded here:"
                         " the run loads it in its own process)")]
     key_field, key, found = _key(ctx)
-    if found.level == "error":
+    if found.level != "ok":
         return [found]
     if ctx.reach.offline:
         return [found, Finding("warning", "judge.model", f"{judge.model} not called "
@@ -420,10 +422,11 @@ def check_cuda(ctx: Context) -> list[Finding]:
     if plan.runs(Stage.sample) and cfg.sample.backend == "vllm" and not plan.pool(Stage.sample):
         wants.append(("error", "sample.backend", "vLLM samples inline",
                       "sample.backend=transformers"))
-    renders = [s for s in plan.video_stages if s != Stage.score]
-    if cfg.render.pipeline != TINY_PIPELINE and renders and plan.remote(renders) is None:
-        wants.append(("warning", "render.pipeline", f"{cfg.render.pipeline} renders inline "
-                      "(on CPU: hours a video)", "render.pipeline=tiny-cogvideox"))
+    inline = [s for s in plan.video_stages if s != Stage.score and plan.pool(s) is None]
+    if cfg.render.pipeline != TINY_PIPELINE and inline:
+        wants.append(("warning", "render.pipeline", f"{_stages(inline)} renders with "
+                      f"{cfg.render.pipeline} inline (on CPU: hours a video)",
+                      "render.pipeline=tiny-cogvideox"))
     if not wants:
         return []
     count, why = cuda_devices()

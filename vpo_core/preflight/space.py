@@ -29,7 +29,7 @@ from vpo_core.preflight.plan import Plan
 
 PNG_BYTES_PER_PIXEL = 2.0         # contact sheets of the tiny model: 2.01-2.06 (measured)
 CONTACT_SHEET_FRAMES = 4          # vpo_core.render.video.write_contact_sheet's default
-CHECKPOINT_BYTES_PER_PARAM = 12   # fp32 weights + Adam's first and second moments
+CHECKPOINT_BYTES_PER_PARAM = 12   # fp32 weights + Adam's 2 moments (SmolLM2: 12.0 measured)
 ZERO_MASTER_BYTES_PER_PARAM = 4   # ZeRO keeps fp32 master weights beside bf16 ones
 LIVE_CHECKPOINTS = 3              # save_total_limit=2, plus the one being written
 LORA_CHECKPOINT_SHARE = 0.05      # adapters and their optimizer state: a few % of the model
