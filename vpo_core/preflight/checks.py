@@ -424,8 +424,8 @@ def check_cuda(ctx: Context) -> list[Finding]:
                       "sample.backend=transformers"))
     inline = [s for s in plan.video_stages if s != Stage.score and plan.pool(s) is None]
     if cfg.render.pipeline != TINY_PIPELINE and inline:
-        wants.append(("warning", "render.pipeline", f"{_stages(inline)} renders with "
-                      f"{cfg.render.pipeline} inline (on CPU: hours a video)",
+        wants.append(("warning", "render.pipeline", f"{cfg.render.pipeline} runs inline "
+                      f"(stages: {_stages(inline)}; on CPU: hours a video)",
                       "render.pipeline=tiny-cogvideox"))
     if not wants:
         return []
