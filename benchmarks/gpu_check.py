@@ -229,6 +229,7 @@ def environment() -> dict[str, Any]:
         "gpu_memory_gb": torch.cuda.get_device_properties(0).total_memory / 1e9 if cuda
         else None,
         "cuda": torch.version.cuda, "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg()[0],  # CPU figures on a shared machine depend on it
         "python": platform.python_version(), "versions": versions,
     }
 
@@ -416,6 +417,9 @@ def part_prepare(sizes: Sizes, work: Path, bf16: bool) -> dict[str, Any]:
     import polars as pl
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     from vpo_core.prompts.templates import optimizer_messages
     from vpo_core.tables import write_table
@@ -630,6 +634,9 @@ def summarise(report: dict[str, Any]) -> list[str]:
                      f"{dec['tiled']['seconds']:.2f} s tiled; peak "
                      f"{dec['plain'].get('gpu_peak_gb', dec['plain']['rss_peak_gb']):.1f} / "
                      f"{dec['tiled'].get('gpu_peak_gb', dec['tiled']['rss_peak_gb']):.1f} GB")
+        if mem.get("gpu_peak_gb", 0) > 80:
+            lines.append("  above 80 GB: an 80 GB GPU needs the renderer's vae_tiling or "
+                         "cpu_offload")
         for p in report["projections"]:
             lines.append(f"  GPU-hours for {p['videos']:,} videos at {p['steps']} steps: "
                          f"{p['gpu_hours']:,.1f} ({p['video_s']:.1f} s per video)")
