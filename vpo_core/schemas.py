@@ -194,6 +194,11 @@ EVAL_JUDGEMENTS = pa.schema([
     _f("prompt_tokens", pa.int64(), False),
     _f("completion_tokens", pa.int64(), False),
     _f("cost", pa.float64(), False),
+    _f("checks_passed", pa.bool_(), False),    # no hard principle check failed
+    _f("check_findings", pa.list_(pa.string()), False),  # every failed check's code
+    _f("words", pa.int32(), False),
+    _f("coverage", pa.float64()),              # share of the query's content words kept
+    _f("distinct_2", pa.float64()),
 ])
 
 # Chat messages as TRL's conversational format stores them.

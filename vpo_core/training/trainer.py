@@ -111,6 +111,7 @@ def _arguments(spec: TrainSpec, cfg: TrainSftConfig | TrainDpoConfig) -> dict[st
         gradient_accumulation_steps=max(1, cfg.global_batch_size
                                         // (cfg.per_device_batch_size * world)),
         learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs,
+        lr_scheduler_type=cfg.lr_scheduler_type,
         max_steps=cfg.max_steps or -1, warmup_steps=cfg.warmup_ratio,
         adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2,
         bf16=cfg.bf16 and cuda, use_cpu=not cuda,
