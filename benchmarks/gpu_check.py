@@ -629,7 +629,8 @@ def summarise(report: dict[str, Any]) -> list[str]:
         lines.append(f"render: CogVideoX-2B architecture, {v['frames']} x {v['height']} x "
                      f"{v['width']}, guidance {v['guidance_scale']}, {r['dtype']}: "
                      f"{r['step_s']:.3f} s/step, {r['fixed_s_per_video']:.2f} s fixed per video, "
-                     f"peak {mem.get('gpu_peak_gb', mem['rss_peak_gb']):.1f} GB")
+                     f"peak {mem.get('gpu_peak_gb', mem['rss_peak_gb']):.1f} GB "
+                     + ("(GPU)" if "gpu_peak_gb" in mem else "(host RSS)"))
         lines.append(f"  VAE decode alone: {dec['plain']['seconds']:.2f} s plain, "
                      f"{dec['tiled']['seconds']:.2f} s tiled; peak "
                      f"{dec['plain'].get('gpu_peak_gb', dec['plain']['rss_peak_gb']):.1f} / "
@@ -650,6 +651,9 @@ def summarise(report: dict[str, Any]) -> list[str]:
     lines.append("elapsed per part: " + ", ".join(
         f"{p} {parts[p]['elapsed_s']:.0f} s" for p in PARTS if "elapsed_s" in parts.get(p, {}))
         + f"; total {report['elapsed_s']:.0f} s")
+    lines.append("child processes (imports included): " + ", ".join(
+        f"{g} {c['process_s']:.0f} s" for g, c in report["processes"].items()
+        if c.get("process_s")))
     return lines
 
 
