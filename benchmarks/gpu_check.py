@@ -155,7 +155,7 @@ def training_figures(logs: list[dict[str, Any]], params: int, peak: float | None
     tokens_per_step = (steps[-1]["num_tokens"] - steps[0]["num_tokens"]) / timed
     tokens_per_s = tokens_per_step / step_s
     gpu = [line["gpu_peak_gb"] for line in steps if "gpu_peak_gb" in line]
-    out = {
+    return {
         "steps": len(steps), "timed_steps": timed, "step_s": step_s,
         "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_s,
         "setup_and_first_step_s": steps[0]["time"] - started,
@@ -166,7 +166,6 @@ def training_figures(logs: list[dict[str, Any]], params: int, peak: float | None
         "first_loss": steps[0]["loss"], "last_loss": steps[-1]["loss"],
         "mfu": mfu(params, tokens_per_s, peak),
     }
-    return out
 
 
 def mfu(params: int, tokens_per_s: float, peak: float | None, flops_per_param: int = 6
@@ -234,7 +233,17 @@ def environment() -> dict[str, Any]:
     }
 
 
-def part_mp4(sizes: Sizes, work: Path) -> dict[str, Any]:
+def _fresh(folder: Path) -> Path:
+    """An empty folder: the renderer reuses finished MP4s, the trainer resumes checkpoints
+    and appends progress lines, and a check must redo everything."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def part_mp4(work: Path) -> dict[str, Any]:
     """The embedded tiny pipeline renders one video on the device; the MP4 is read back."""
     import numpy as np
 
@@ -247,7 +256,7 @@ def part_mp4(sizes: Sizes, work: Path) -> dict[str, Any]:
     pipe = load_pipeline(cfg, device=_device())
     row = {"query_id": "mp4", "query": "a cat", "sample_index": 0, "prompt": RENDER_PROMPT}
     started = time.perf_counter()
-    videos = render_rows([row], cfg, work / "mp4", seed=0, pipe=pipe)
+    videos = render_rows([row], cfg, _fresh(work / "mp4"), seed=0, pipe=pipe)
     seconds = time.perf_counter() - started
     video = videos.row(0, named=True)
     if video["status"] != "ok":
@@ -320,6 +329,7 @@ def part_render(sizes: Sizes, work: Path) -> dict[str, Any]:
     pipe = build_cogvideox(sizes.cogvideox, sizes.video, device)
     build_s = time.perf_counter() - started
     frames, height, width = sizes.video
+    out = _fresh(work / "render")
     starts: list[float] = []
 
     def stamp(*_: Any) -> None:
@@ -334,7 +344,7 @@ def part_render(sizes: Sizes, work: Path) -> dict[str, Any]:
         row = {"query_id": tag, "query": "a cat on a roof", "sample_index": 0,
                "prompt": RENDER_PROMPT}
         starts.clear()
-        video = render_rows([row], cfg, work / "render", seed=0, pipe=pipe).row(0, named=True)
+        video = render_rows([row], cfg, out, seed=0, pipe=pipe).row(0, named=True)
         if video["status"] != "ok":
             raise RuntimeError(f"render of {tag} failed: {video['status']}: {video['error']}")
         return video["seconds"]
@@ -419,11 +429,10 @@ def part_prepare(sizes: Sizes, work: Path, bf16: bool) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, LlamaConfig
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-
     from vpo_core.prompts.templates import optimizer_messages
     from vpo_core.tables import write_table
 
+    hf_logging.disable_progress_bar()
     rng = random.Random(0)
     sft_rows = sizes.sft_batch * sizes.train_steps   # one epoch of exactly the timed steps
     dpo_rows = sizes.dpo_batch * sizes.train_steps
@@ -469,7 +478,7 @@ def part_prepare(sizes: Sizes, work: Path, bf16: bool) -> dict[str, Any]:
     params = _params(model)
     if bf16:
         model.to(torch.bfloat16)
-    model_dir = work / "llama"
+    model_dir = _fresh(work / "llama")
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     return {"model_dir": str(model_dir), "params": params, "tokens_per_sequence": full,
@@ -480,8 +489,6 @@ def part_prepare(sizes: Sizes, work: Path, bf16: bool) -> dict[str, Any]:
 def part_training(kind: str, sizes: Sizes, work: Path, peak: float | None) -> dict[str, Any]:
     """Train ``sizes.train_steps`` steps through the project's launcher and read the
     figures back from its progress lines."""
-    import shutil
-
     from vpo_core.config import TrainDpoConfig, TrainSftConfig
     from vpo_core.training.launch import run_training
     from vpo_core.training.trainer import PROGRESS, TrainSpec
@@ -494,8 +501,7 @@ def part_training(kind: str, sizes: Sizes, work: Path, peak: float | None) -> di
         global_batch_size=batch, max_steps=sizes.train_steps, save_steps=10**6, bf16=True,
         gradient_checkpointing=sizes.gradient_checkpointing, num_processes=1,
         zero_stage=3 if kind == "zero3" else 0)
-    out = work / f"train-{kind}"
-    shutil.rmtree(out, ignore_errors=True)  # progress lines append; checkpoints resume
+    out = _fresh(work / f"train-{kind}")
     data = work / ("sft_examples.parquet" if sft else "dpo_pairs.parquet")
     spec = TrainSpec("sft" if sft else "dpo", prepared["model_dir"], str(data), str(out),
                      cfg.model_dump(), sizes.seq_len, 0)
@@ -536,7 +542,7 @@ def run_group(group: str, sizes: Sizes, work: Path, peak_override: float | None,
         started = time.perf_counter()
         try:
             if part == "mp4":
-                figures = part_mp4(sizes, work)
+                figures = part_mp4(work)
             elif part == "render":
                 figures = part_render(sizes, work)
             else:
