@@ -8,8 +8,9 @@
 # CUDA: torch==2.13.0 (constraints.txt) from PyPI is, on Linux x86_64, the CUDA 13.0 build
 # (it requires the cuda-toolkit 13.0.3, cuDNN 9.20 and NCCL 2.29 wheels), so PyPI is the
 # torch wheel index here and the base image is CUDA 13.0 to match: GPU hosts need a
-# driver for CUDA 13.0 (R580 or newer). The devel image brings nvcc and a compiler, which
-# DeepSpeed (ops built on first use) and triton need at run time.
+# driver for CUDA 13.0 (R580 or newer). DeepSpeed comes as a source archive: pip builds
+# its pure-Python wheel, and its CUDA ops compile on first use, with the devel image's
+# nvcc and compiler (which triton needs too).
 #
 # Not built on the development machine (it has no Docker engine): treat the first build
 # as a test.
