@@ -242,6 +242,8 @@ def create_app(engine: Engine, engine_name: str = "transformers", *, max_batch: 
     async def body_limit(request: Request, call_next: Callable) -> Any:
         size = request.headers.get("content-length")
         if size and size.isdigit() and int(size) > limits.max_body_bytes:
+            async for _ in request.stream():  # read and drop it (never held in memory), so
+                pass                          # the client gets the answer, not a reset
             return _error(413, f"the request body is {int(size):,} bytes; this server "
                           f"accepts at most {limits.max_body_bytes:,}")
         return await call_next(request)
