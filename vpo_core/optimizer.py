@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vpo_core.models.bundled import BUNDLED_PREFIX, bundled_model_dir
+from vpo_core.models import bundled
 from vpo_core.progress import Progress
 from vpo_core.prompts.templates import optimizer_messages
 
@@ -28,9 +28,8 @@ class Sampling:
 
 
 def resolve_model(model: str, models_dir: str | Path) -> str:
-    """A folder or hub id; ``bundled:smollm2-135m-instruct`` is converted once into
-    ``models_dir``."""
-    return str(bundled_model_dir(models_dir)) if model.startswith(BUNDLED_PREFIX) else model
+    """A folder or hub id; ``bundled:<name>`` is made once into ``models_dir``."""
+    return bundled.resolve_model(model, models_dir)
 
 
 class Optimizer:
