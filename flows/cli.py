@@ -6,6 +6,7 @@ result store, Hugging Face cache), so nothing is written to the user's home.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -45,19 +46,47 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _load(config: str | None, sets: list[str] | None, work_dir: Path | None,
-          **extra: Any) -> PipelineConfig:
+def _config(config: str | None, sets: list[str] | None, work_dir: Path | None,
+            **extra: Any) -> PipelineConfig:
+    """The configuration asked for; exit 2 when it does not validate."""
     overrides = _overrides(sets) | extra
     if work_dir is not None:
         overrides["work_dir"] = str(work_dir)
     try:
-        cfg = load_config(config, overrides)
+        return load_config(config, overrides)
     except ConfigError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
+
+
+def _activate(cfg: PipelineConfig) -> PipelineConfig:
+    """Create the work directory and root Prefect and the caches in it."""
     work = activate(cfg.work_dir)
     os.environ.update(prefect_env(work))
     return cfg.model_copy(update={"work_dir": work.root})
+
+
+def _load(config: str | None, sets: list[str] | None, work_dir: Path | None,
+          **extra: Any) -> PipelineConfig:
+    return _activate(_config(config, sets, work_dir, **extra))
+
+
+def _preflight(cfg: PipelineConfig, offline: bool = False) -> bool:
+    """Print the preflight findings of ``cfg``; False when one is an error. Prefect's home
+    goes in the work directory, as for a run (the check reports one that cannot be
+    made)."""
+    work = WorkDir.at(cfg.work_dir)
+    with contextlib.suppress(OSError):
+        work.create()
+    os.environ.update(prefect_env(work))
+    from tasks.preflight import run_preflight
+    from vpo_core.preflight import counts, errors, text_table
+
+    start = time.perf_counter()
+    findings = run_preflight(cfg, offline=offline)
+    typer.echo(f"preflight ({cfg.preset}): {counts(findings)} "
+               f"({time.perf_counter() - start:.1f} s)\n{text_table(findings)}")
+    return not errors(findings)
 
 
 def _finish(state: Any, what: str) -> dict[str, Any]:
@@ -86,15 +115,25 @@ def _print_outputs(outputs: dict[str, Any], indent: str = "  ") -> None:
 @app.command()
 def run(config: ConfigOpt = None, force: Annotated[list[Stage] | None, typer.Option(
         "--force", help="Recompute this stage even if cached (repeatable).")] = None,
-        work_dir: WorkOpt = None, set_: SetOpt = None) -> None:
+        work_dir: WorkOpt = None, set_: SetOpt = None,
+        no_check: Annotated[bool, typer.Option(
+            "--no-check", help="Skip the preflight checks (vpo check) before the first "
+            "stage.")] = False) -> None:
     """Run the whole pipeline (curate → sft-data → train-sft → sample → text-feedback → render
     → score → pairs → train-dpo → evaluate) on a preset or YAML config, resuming from
-    cache."""
-    cfg = _load(config, set_, work_dir)
+    cache. The preflight checks (vpo check) come first: an error stops it before any
+    stage."""
+    cfg = _config(config, set_, work_dir)
+    if not no_check and not _preflight(cfg):
+        typer.secho("preflight found errors: no stage was run (fix them, or --no-check)",
+                    fg="red", err=True)
+        raise typer.Exit(1)
+    cfg = _activate(cfg)
     from flows.pipeline import pipeline_flow
 
     start = time.perf_counter()
-    outputs = _finish(pipeline_flow(cfg, force=force or [], return_state=True), "pipeline")
+    outputs = _finish(pipeline_flow(cfg, force=force or [], check=False, return_state=True),
+                      "pipeline")
     typer.echo(f"\npipeline finished ({cfg.preset}) in {time.perf_counter() - start:.0f} s; "
                f"work directory {cfg.work_dir}")
     _print_outputs(outputs)
@@ -103,6 +142,19 @@ def run(config: ConfigOpt = None, force: Annotated[list[Stage] | None, typer.Opt
         typer.echo("\n" + Path(report.path).read_text(encoding="utf-8"))
     typer.echo("Inspect runs, artifacts and logs in the Prefect UI: vpo ui up "
                "(http://127.0.0.1:4200), then vpo ui down.")
+
+
+@app.command()
+def check(config: ConfigOpt = None, work_dir: WorkOpt = None, set_: SetOpt = None,
+          offline: Annotated[bool, typer.Option(
+              "--offline", help="No network: the judge gets no request and hub ids are "
+              "looked up in the local cache only.")] = False) -> None:
+    """Check, before running, what the configuration's stages need: API keys, the judge
+    (one tiny request), models, packages, GPUs, work pools and their workers, the work
+    directory and its free space. Exit 0 with no error, 1 with errors, 2 for a bad
+    configuration."""
+    if not _preflight(_config(config, set_, work_dir), offline):
+        raise typer.Exit(1)
 
 
 @app.command()

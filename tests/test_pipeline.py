@@ -216,7 +216,8 @@ def test_placed_stages_ran_on_the_gpu_pool(ui, deployed) -> None:
     runs = _step_runs(state)
     assert runs and all(r.work_pool_name == "gpu" and r.state.is_completed() for r in runs)
     assert {r.parameters["stage"] for r in runs} == {"train-sft", "sample", "render",
-                                                      "score", "train-dpo"}
+                                                      "score", "train-dpo",
+                                                      "preflight"}    # the storage probe
     assert all(r.parent_task_run_id for r in runs)           # linked to the parent flow
 
 

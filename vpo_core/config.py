@@ -363,6 +363,19 @@ class PlacementConfig(Section):
                               "stage.")
 
 
+class PreflightConfig(Section):
+    """The checks ``vpo check`` and ``vpo run`` make before the first stage
+    (vpo_core/preflight)."""
+
+    video_bytes_per_pixel: float = Field(0.6, gt=0, description="Bytes an MP4 takes per "
+                                         "pixel of each frame in the disk estimate (the tiny "
+                                         "random model's noise-like videos measure 0.55-0.64 "
+                                         "at CRF 10; real footage compresses better).")
+    probe_timeout_s: float = Field(120.0, gt=0, description="Longest wait for a worker of a "
+                                   "placed pool to answer the shared-storage probe; no answer "
+                                   "is a warning.")
+
+
 # --------------------------------------------------------------------------- pipeline
 class PipelineConfig(Section):
     """Everything a pipeline run needs; one section per stage."""
@@ -386,6 +399,7 @@ class PipelineConfig(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     checks: ChecksConfig = Field(default_factory=ChecksConfig)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    preflight: PreflightConfig = Field(default_factory=PreflightConfig)
 
 
 DEFAULT_CONFIG = PipelineConfig()
