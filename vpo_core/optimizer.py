@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vpo_core.errors import ConfigError
-from vpo_core.models.bundled import BUNDLED_PREFIX, bundled_model_dir
+from vpo_core.models import bundled
 from vpo_core.progress import Progress
 from vpo_core.prompts.templates import optimizer_messages
 
@@ -59,9 +59,8 @@ def stable_seed(*parts: object) -> int:
 
 
 def resolve_model(model: str, models_dir: str | Path) -> str:
-    """A folder or hub id; ``bundled:smollm2-135m-instruct`` is converted once into
-    ``models_dir``."""
-    return str(bundled_model_dir(models_dir)) if model.startswith(BUNDLED_PREFIX) else model
+    """A folder or hub id; ``bundled:<name>`` is made once into ``models_dir``."""
+    return bundled.resolve_model(model, models_dir)
 
 
 def resolve_device(device: str = "auto") -> str:
