@@ -313,6 +313,10 @@ def optimize(query: Annotated[str | None, typer.Argument(help="A query to optimi
              temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
              top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
              seed: int = 0, max_new_tokens: int = 192,
+             repetition_penalty: Annotated[float, typer.Option(
+                 min=1.0, help="Penalty on tokens the answer already has (1.0: off).")] = 1.0,
+             no_repeat_ngram: Annotated[int, typer.Option(
+                 min=0, help="No n-gram of this size twice in the answer (0: off).")] = 0,
              input: Annotated[Path | None, typer.Option(
                  "--input", "-i", help="Batch mode: a TXT/JSON/JSONL/CSV/Parquet file of "
                  "queries.")] = None,
@@ -333,7 +337,8 @@ def optimize(query: Annotated[str | None, typer.Argument(help="A query to optimi
         opt = Optimizer(model, device=device, dtype=dtype)
     except (OSError, ValueError, ConfigError) as exc:
         raise _fail(f"cannot load the model {model!r}: {exc}") from None
-    sampling = Sampling(temperature, top_p, max_new_tokens, seed)
+    sampling = Sampling(temperature, top_p, max_new_tokens, seed, repetition_penalty,
+                        no_repeat_ngram)
     if query is not None:
         for i, prompt in enumerate(opt.optimize([query], iterations, sampling)[0], 1):
             typer.echo(f"[{i}] {prompt}" if iterations > 1 else prompt)

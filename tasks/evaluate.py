@@ -31,7 +31,8 @@ def run(queries: DataRef, models: dict[str, DataRef], judge: LLMConfig, cfg: Eva
     key, model_cache = judge_api_key(judge), str(current().models)
     rows = (read_table(queries, "queries").filter(pl.col("split") == "eval")
             .sort("query_id").select("query_id", "query", "safety").to_dicts())
-    sampling = Sampling(cfg.temperature, cfg.top_p, max_new_tokens, seed)
+    sampling = Sampling(cfg.temperature, cfg.top_p, max_new_tokens, seed,
+                        cfg.repetition_penalty, cfg.no_repeat_ngram_size)
     methods: dict[str, Method] = {"original": original,
                                   "few-shot": FewShot(judge, key, model_cache)}
     methods |= {name: OptimizerMethod(ref.path, sampling) for name, ref in models.items()}

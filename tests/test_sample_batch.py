@@ -116,3 +116,25 @@ def test_vllm_backend_keeps_one_engine_and_sends_a_shard_at_once(
     assert {p.n for p in params} == {2}
     assert first["status"].to_list() == ["ok", "truncated"] * 3  # finish_reason "length"
     assert first["prompt"][0] == f"s{params[0].seed}-0"
+
+
+def test_repetition_control_counts_the_answer_only(model: str) -> None:
+    """no_repeat_ngram_size leaves no repeated 3-gram in an answer, a row's answer is the
+    same in any batch (the prompt and the padding are not counted), and it changes what
+    greedy decoding writes."""
+    from vpo_core.curate.textstats import tokenize
+
+    opt = Optimizer(model, batch_size=4)
+    queries = ["a scene of endless challenges", "a cat", "rain on a window at night"]
+    plain = Sampling(max_new_tokens=48)
+    control = Sampling(max_new_tokens=48, repetition_penalty=1.3, no_repeat_ngram_size=3)
+    loose = opt.generate(queries, plain)
+    tight = opt.generate(queries, control)
+    for g in tight:
+        tokens = opt.tokenizer(g.text, add_special_tokens=False)["input_ids"]
+        grams = [tuple(tokens[i:i + 3]) for i in range(len(tokens) - 2)]
+        assert len(grams) - len(set(grams)) <= 1, g.text    # decoding may re-split a token
+        assert tokenize(g.text)
+    alone = [opt.generate([q], control)[0].text for q in queries]
+    assert [g.text for g in tight] == alone                    # neighbours change nothing
+    assert any(a.text != b.text for a, b in zip(loose, tight, strict=True))

@@ -233,6 +233,11 @@ class SampleConfig(Section):
     k: int = Field(4, ge=2, description="Samples per query (paper: 4).")
     temperature: float = Field(0.9, gt=0)
     top_p: float = Field(0.9, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, ge=1.0, description="Penalty on tokens a sample "
+                                      "already has (1.0: off, as in the paper; the answer's "
+                                      "own tokens only).")
+    no_repeat_ngram_size: int = Field(0, ge=0, description="No n-gram of this size twice in "
+                                      "a sample (0: off, as in the paper).")
     max_new_tokens: int = Field(64, ge=1, description="Longest sampled prompt in tokens (the "
                                 "official sampling, src/llama3_infer.py, allows 2048); a "
                                 "sample that hits it is marked cut off, not passed on.")
@@ -314,6 +319,10 @@ class EvaluateConfig(Section):
                                "greedy (the official README samples at 0.7).")
     top_p: float = Field(1.0, gt=0, le=1, description="Top-p of the optimizers' sampling "
                          "(official: 1.0).")
+    repetition_penalty: float = Field(1.0, ge=1.0, description="Penalty on tokens an "
+                                      "optimizer's answer already has (1.0: off).")
+    no_repeat_ngram_size: int = Field(0, ge=0, description="No n-gram of this size twice in "
+                                      "an optimizer's answer (0: off).")
 
 
 CheckCode = Literal["empty", "cut-off", "debris", "repetition", "neg-violation",

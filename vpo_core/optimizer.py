@@ -32,12 +32,16 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class Sampling:
-    """How the optimizer decodes: greedy when temperature is 0."""
+    """How the optimizer decodes: greedy when temperature is 0. ``repetition_penalty``
+    (> 1 discourages tokens the answer already has) and ``no_repeat_ngram_size`` (no n-gram
+    twice in the answer) count the answer's own tokens only, never the instruction's."""
 
     temperature: float = 0.0
     top_p: float = 1.0
     max_new_tokens: int = 192
     seed: int = 0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,42 @@ def row_sampler(generators: Sequence[Any], temperature: float, top_p: float,
             return torch.full_like(scores, float("-inf")).scatter_(1, pick, 0.0)
 
     return RowSampler()
+
+
+def repetition_control(start: int, penalty: float, ngram: int, stop: Sequence[int]) -> Any:
+    """A logits processor against loops in what is generated after position ``start``:
+    a penalty on tokens already generated (as in CTRL: logits above 0 divided, below 0
+    multiplied) and a ban on tokens that would repeat an n-gram. The prompt, and the
+    padding between a batch's rows, are never counted (transformers' own processors count
+    them, which would make a row's output depend on its neighbours' lengths); the stop
+    tokens are never penalised, so an answer can still end."""
+    import torch
+    from transformers import LogitsProcessor
+
+    keep = torch.tensor(sorted(t for t in set(stop) if t is not None), dtype=torch.long)
+
+    class RepetitionControl(LogitsProcessor):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor
+                     ) -> torch.FloatTensor:
+            made = input_ids[:, start:]
+            if not made.shape[1]:
+                return scores
+            kept = scores[:, keep.to(scores.device)]
+            if penalty != 1.0:
+                seen = scores.gather(1, made)
+                scores = scores.scatter(1, made, torch.where(seen > 0, seen / penalty,
+                                                             seen * penalty))
+            if ngram and made.shape[1] >= ngram:
+                for row, tokens in enumerate(made.tolist()):
+                    tail = tuple(tokens[len(tokens) - ngram + 1:])
+                    banned = {tokens[i + ngram - 1] for i in range(len(tokens) - ngram + 1)
+                              if tuple(tokens[i:i + ngram - 1]) == tail}
+                    if banned:
+                        scores[row, list(banned)] = float("-inf")
+            scores[:, keep.to(scores.device)] = kept
+            return scores
+
+    return RepetitionControl()
 
 
 def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -240,6 +280,9 @@ class Optimizer:
         mask = torch.tensor([[1] * len(shared) + [0] * (width - len(r)) + [1] * len(r)
                              for r in rests], device=self.device)
         processors = LogitsProcessorList()
+        if sampling.repetition_penalty != 1.0 or sampling.no_repeat_ngram_size:
+            processors.append(repetition_control(ids.shape[1], sampling.repetition_penalty,
+                                                 sampling.no_repeat_ngram_size, self._stop))
         if seeds is not None:
             processors.append(row_sampler(
                 [torch.Generator(device=self.device).manual_seed(s % 2**63) for s in seeds],
@@ -312,6 +355,7 @@ class VLLMOptimizer:
 
         params = [SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
                                  max_tokens=sampling.max_new_tokens,
+                                 repetition_penalty=sampling.repetition_penalty,
                                  seed=None if seeds is None else seeds[i] % 2**31)
                   for i in range(len(queries))]
         outs = self.llm.chat([optimizer_messages(q) for q in queries], params,

@@ -35,7 +35,9 @@ def query_seed(seed: int, query_id: str) -> int:
 
 
 def _generator(opt: Optimizer | VLLMOptimizer, cfg: SampleConfig) -> Generate:
-    sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+    sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens,
+                        repetition_penalty=cfg.repetition_penalty,
+                        no_repeat_ngram_size=cfg.no_repeat_ngram_size)
 
     def generate(queries: Sequence[str], seeds: Sequence[int]) -> list[list[Generation]]:
         return opt.sample(queries, cfg.k, sampling, seeds)
