@@ -55,7 +55,8 @@ def run_chain(config: PipelineConfig, stop: Stage | None = None,
         chain.run(S.sft_data, sft_data_flow, queries=r["queries"])
     if chain.due(S.train_sft):
         chain.run(S.train_sft, train_sft_flow, sft_examples=r["sft_examples"])
-        r["models"] = {"sft": r["model"]}
+        r["models"] = ({"base": r["base"]} if config.evaluate.base else {}) | {
+            "sft": r["model"]}
     rounds = config.iterations if stop in (None, S.evaluate) else 1
     for it in range(1, rounds + 1):
         tag = "" if rounds == 1 else f"-iter{it}"

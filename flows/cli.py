@@ -106,6 +106,8 @@ def _print_outputs(outputs: dict[str, Any], indent: str = "  ") -> None:
         if isinstance(value, dict):
             typer.echo(f"{indent}{name}:")
             _print_outputs(value, indent + "  ")
+        elif isinstance(value, str):               # a hub id (the policy's base)
+            typer.echo(f"{indent}{name}: {value}")
         elif value.rows is None:
             typer.echo(f"{indent}{name}: {value.path}")
         else:

@@ -17,10 +17,11 @@ from vpo_core.workdir import activate
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
-                  models: dict[str, DataRef] | None = None, queries: DataRef | None = None
+                  models: dict[str, DataRef | str] | None = None,
+                  queries: DataRef | None = None
                   ) -> dict[str, DataRef]:
     """Judge the original query, the few-shot teacher and each optimizer model (``models``:
-    name -> model folder, e.g. sft, dpo) on the eval split."""
+    name -> model folder or hub id, e.g. base, sft, dpo) on the eval split."""
     work = activate(config.work_dir)
     queries = queries or run_chain(config, stop=Stage.sft_data).refs["queries"]
     out = run_step(steps.run, work, force, stage="evaluate",

@@ -29,8 +29,9 @@ def _publish(stage: str, out: dict) -> None:
 # log_prints off: datasets/dill print bytecode while fingerprinting trl's map functions
 @flow(name="train-sft", log_prints=False)
 def train_sft_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
-                   sft_examples: DataRef | None = None) -> dict[str, DataRef]:
-    """SFT of the policy on the usable rows of ``sft_examples`` (built first if needed)."""
+                   sft_examples: DataRef | None = None) -> dict[str, DataRef | str]:
+    """SFT of the policy on the usable rows of ``sft_examples`` (built first if needed);
+    returns the model and the weights it started from (``base``)."""
     work = activate(config.work_dir)
     sft_examples = sft_examples or run_chain(config, stop=Stage.train_sft).refs["sft_examples"]
     base = steps.base_model(config.policy.model)
@@ -39,7 +40,7 @@ def train_sft_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
                    base=base, train=config.train_sft, max_length=config.policy.max_length,
                    seed=config.seed)
     _publish("train-sft", out)
-    return {"model": out["model"]}
+    return {"model": out["model"], "base": base}
 
 
 @flow(name="train-dpo", log_prints=False)

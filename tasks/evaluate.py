@@ -24,7 +24,8 @@ MODULES = ("vpo_core.evaluate", "vpo_core.llm", "vpo_core.prompts", "vpo_core.op
 
 @stage_task(name="evaluate-run", modules=MODULES,
             data=("demonstrations.json", "visionreward_video_checklist.json"))
-def run(queries: DataRef, models: dict[str, DataRef], judge: LLMConfig, cfg: EvaluateConfig,
+def run(queries: DataRef, models: dict[str, DataRef | str], judge: LLMConfig,
+        cfg: EvaluateConfig,
         max_new_tokens: int, render: RenderConfig, score: ScoreConfig, checks: ChecksConfig,
         seed: int,
         out_dir: str) -> dict[str, Any]:
@@ -35,7 +36,8 @@ def run(queries: DataRef, models: dict[str, DataRef], judge: LLMConfig, cfg: Eva
                         cfg.repetition_penalty, cfg.no_repeat_ngram_size)
     methods: dict[str, Method] = {"original": original,
                                   "few-shot": FewShot(judge, key, model_cache)}
-    methods |= {name: OptimizerMethod(ref.path, sampling) for name, ref in models.items()}
+    methods |= {name: OptimizerMethod(ref.path if isinstance(ref, DataRef) else ref, sampling)
+                for name, ref in models.items()}
     video = (lambda df: video_scores(df, render, score, seed, Path(out_dir), judge, key)) \
         if cfg.video else None
     return evaluate(rows, methods, judge, max(1, cfg.reoptimize_rounds), Path(out_dir), key,

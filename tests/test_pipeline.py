@@ -161,10 +161,10 @@ def test_evaluation_has_every_method_and_round(deployed) -> None:
     judged = read_table(_outputs(work)["eval_judgements"], "eval_judgements")
     rounds = judged.group_by("method").agg(pl.col("round").unique().sort())
     assert {m: r for m, r in rounds.iter_rows()} == {
-        "original": [0], "few-shot": [0], "sft": [1, 2], "dpo": [1, 2]}
+        "original": [0], "few-shot": [0], "base": [1, 2], "sft": [1, 2], "dpo": [1, 2]}
     evaluate = work / "data" / "evaluate"
     report = next(evaluate.rglob("eval_report.md")).read_text()
-    for method in ("original", "few-shot", "sft", "dpo"):
+    for method in ("original", "few-shot", "base", "sft", "dpo"):
         assert f"| {method} |" in report
     assert next(evaluate.rglob("eval_chart.png")).stat().st_size > 1000
 

@@ -315,6 +315,8 @@ class EvaluateConfig(Section):
                                    "(paper: 4).")
     video: bool = Field(False, description="Also render and score every method's prompts of "
                         "every round (the paper's Table 3 is video-level).")
+    base: bool = Field(True, description="Also evaluate the untrained policy ('base'), so "
+                       "the tables show what SFT and DPO changed.")
     temperature: float = Field(0.0, ge=0, description="How the optimizers decode: 0 is "
                                "greedy (the official README samples at 0.7).")
     top_p: float = Field(1.0, gt=0, le=1, description="Top-p of the optimizers' sampling "
