@@ -19,7 +19,7 @@ import yaml
 
 from vpo_core.config import PipelineConfig, Stage, load_config, presets
 from vpo_core.errors import ConfigError
-from vpo_core.workdir import WorkDir, prefect_env
+from vpo_core.workdir import WorkDir, activate, prefect_env
 
 app = typer.Typer(help="VPO: train a video prompt optimizer with Prefect-orchestrated "
                   "stages.", no_args_is_help=True, add_completion=False)
@@ -55,7 +55,7 @@ def _load(config: str | None, sets: list[str] | None, work_dir: Path | None,
     except ConfigError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
-    work = WorkDir.at(cfg.work_dir).create()
+    work = activate(cfg.work_dir)
     os.environ.update(prefect_env(work))
     return cfg.model_copy(update={"work_dir": work.root})
 
@@ -166,7 +166,7 @@ for _name, _module, _flow, _doc in (
         ("text-feedback", "flows.text_feedback", "text_feedback_flow",
          "Critique every sample with the judge; refine the failing ones into text pairs."),
         ("render", "flows.render", "render_flow",
-         "Render the samples that passed the text check (inline, or on render.work_pool)."),
+         "Render the samples that passed the text check (inline, or on placement.render)."),
         ("score", "flows.score", "score_flow",
          "Score the rendered videos with the configured reward backend."),
         ("pairs", "flows.pairs", "pairs_flow",

@@ -10,7 +10,7 @@ from tasks.caching import run_cached
 from vpo_core.config import DEFAULT_CONFIG, PipelineConfig
 from vpo_core.curate.stage import sample_rows, summary_markdown
 from vpo_core.tables import DataRef
-from vpo_core.workdir import WorkDir
+from vpo_core.workdir import activate
 
 
 @flow(name="curate", log_prints=True)
@@ -21,7 +21,7 @@ def curate_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False
     Each step is a cached task keyed on its inputs' content: a re-run with the same input
     and configuration is all cache hits; ``force`` recomputes every step.
     """
-    work, cfg = WorkDir.at(config.work_dir), config.curate
+    work, cfg = activate(config.work_dir), config.curate
     source = steps.resolve_input(cfg, work, force)
     ingest = run_cached(steps.ingest, work, force, stage="curate", source=source,
                         prompt_column=cfg.prompt_column)
@@ -34,7 +34,7 @@ def curate_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False
     if cfg.safety.llm_recheck:
         label = run_cached(steps.recheck_safety, work, force, stage="curate",
                            labelled=label["labelled"], safety=cfg.safety, split=cfg.split,
-                           seed=config.seed, judge=config.judge, model_cache=str(work.models))
+                           seed=config.seed, judge=config.judge)
         stats["recheck"] = label["stats"]
     split = run_cached(steps.split, work, force, stage="curate", labelled=label["labelled"],
                        split=cfg.split, seed=config.seed)

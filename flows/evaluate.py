@@ -6,13 +6,13 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.curate import curate_flow
+from flows.chain import run_chain
 from tasks import evaluate as steps
 from tasks.artifacts import publish_stage
-from tasks.caching import run_cached
-from vpo_core.config import DEFAULT_CONFIG, PipelineConfig
+from tasks.runner import Where, run_step
+from vpo_core.config import DEFAULT_CONFIG, PipelineConfig, Stage
 from vpo_core.tables import DataRef, read_table
-from vpo_core.workdir import WorkDir
+from vpo_core.workdir import activate
 
 
 def _video_table(rows: list[dict]) -> str:
@@ -29,12 +29,13 @@ def evaluate_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
                   ) -> dict[str, DataRef]:
     """Judge the original query, the few-shot teacher and each optimizer model (``models``:
     name -> model folder, e.g. sft, dpo) on the eval split."""
-    work = WorkDir.at(config.work_dir)
-    queries = queries or curate_flow(config)["queries"]
-    out = run_cached(steps.run, work, force, stage="evaluate", queries=queries,
-                     models=models or {}, judge=config.judge, cfg=config.evaluate,
-                     max_new_tokens=config.sample.max_new_tokens, render=config.render,
-                     score=config.score, seed=config.seed, model_cache=str(work.models))
+    work = activate(config.work_dir)
+    queries = queries or run_chain(config, stop=Stage.sft_data).refs["queries"]
+    out = run_step(steps.run, work, force, stage="evaluate",
+                   where=Where.of(config.placement, "evaluate"), queries=queries,
+                   models=models or {}, judge=config.judge, cfg=config.evaluate,
+                   max_new_tokens=config.sample.max_new_tokens, render=config.render,
+                   score=config.score, seed=config.seed)
     markdown = (out["markdown"] + (_video_table(out["video"]) if "video" in out else "")
                 + f"\nChart: `{out['eval_chart'].path}`; every judgement: "
                 f"`{out['eval_judgements'].path}`.\n")

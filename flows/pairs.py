@@ -6,15 +6,14 @@ import time
 
 from prefect import flow
 
-from flows.score import score_flow
-from flows.text_feedback import text_feedback_flow
+from flows.chain import run_chain
 from tasks import pairs as steps
 from tasks.artifacts import publish_stage, stats_markdown
 from tasks.caching import run_cached
-from vpo_core.config import DEFAULT_CONFIG, PipelineConfig
+from vpo_core.config import DEFAULT_CONFIG, PipelineConfig, Stage
 from vpo_core.errors import StageFailed
 from vpo_core.tables import DataRef, read_table
-from vpo_core.workdir import WorkDir
+from vpo_core.workdir import activate
 
 
 @flow(name="pairs", log_prints=True)
@@ -23,9 +22,10 @@ def pairs_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
                ) -> dict[str, DataRef]:
     """Video pairs (score gap above the margin, checklist dominance) merged with the text
     pairs, text first, one per query by default."""
-    start, work = time.perf_counter(), WorkDir.at(config.work_dir)
-    text_pairs = text_pairs or text_feedback_flow(config)["text_pairs"]
-    rewards = rewards or score_flow(config)["rewards"]
+    start, work = time.perf_counter(), activate(config.work_dir)
+    if text_pairs is None or rewards is None:
+        refs = run_chain(config, stop=Stage.pairs).refs
+        text_pairs, rewards = text_pairs or refs["text_pairs"], rewards or refs["rewards"]
     out = run_cached(steps.build, work, force, stage="pairs", text_pairs=text_pairs,
                      rewards=rewards, cfg=config.pairs)
     ref, stats = out["dpo_pairs"], dict(out["stats"])

@@ -3,19 +3,21 @@ critiques, refinements)."""
 
 from __future__ import annotations
 
-import time
+from prefect import flow
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
-
-from flows.curate import curate_flow
+from flows.chain import run_chain
 from tasks import sft_data as steps
-from tasks.artifacts import publish_stage
-from tasks.caching import run_cached
-from vpo_core.config import DEFAULT_CONFIG, PipelineConfig
-from vpo_core.sft_data.stage import sample_rows, summary_markdown
+from tasks.runner import ShardedStage, Where, run_sharded
+from vpo_core.config import DEFAULT_CONFIG, PipelineConfig, Stage
+from vpo_core.sft_data.stage import summary_markdown
 from vpo_core.tables import DataRef
-from vpo_core.workdir import WorkDir
+from vpo_core.workdir import activate
+
+SFT_DATA = ShardedStage("sft-data", steps.shard, steps.merge, lambda o: o["examples"],
+                        lambda o: f"{o['stats']['rows']} queries, {o['stats']['usable']} "
+                        "usable", "sft_examples",
+                        ("query", "generated", "judgement", "refined", "status"))
+LLM_SHARDS_AT_ONCE = 4   # shards share one concurrency limit; a few keep it busy
 
 
 @flow(name="sft-data", log_prints=True)
@@ -23,25 +25,15 @@ def sft_data_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
                   queries: DataRef | None = None) -> dict[str, DataRef]:
     """Few-shot generation, principle critique and refinement for the SFT split, one cached
     task per shard: a re-run after a crash redoes only the unfinished shards."""
-    logger = get_run_logger()
-    start = time.perf_counter()
-    work = WorkDir.at(config.work_dir)
-    if queries is None:
-        queries = curate_flow(config)["queries"]
-    shards = steps.plan(queries, config.sft_data.shard_size)
-    progress = create_progress_artifact(0.0, key="sft-data-progress",
-                                        description="sft-data: shards done")
-    done = []
-    for index, rows in enumerate(shards):
-        out = run_cached(steps.shard, work, force, stage="sft-data", rows=rows, index=index,
-                         judge=config.judge, cfg=config.sft_data, model_cache=str(work.models))
-        done.append(out["examples"])
-        update_progress_artifact(progress, 100.0 * len(done) / len(shards))
-        logger.info("sft-data: shard %d/%d done (%d queries, %d usable)", len(done),
-                    len(shards), out["stats"]["rows"], out["stats"]["usable"])
-    merged = run_cached(steps.merge, work, force, stage="sft-data", shards=done)
+    work = activate(config.work_dir)
+    queries = queries or run_chain(config, stop=Stage.sft_data).refs["queries"]
+    shards = [{"rows": rows, "index": i, "judge": config.judge, "cfg": config.sft_data}
+              for i, rows in enumerate(steps.plan(queries, config.sft_data.shard_size))]
+    merged = run_sharded(
+        SFT_DATA, work, force, shards,
+        Where.of(config.placement, "sft-data", LLM_SHARDS_AT_ONCE),
+        summary=lambda m, secs: summary_markdown(m["stats"], secs, m["sft_examples"],
+                                                 config.judge.model))
     ref = merged["sft_examples"]
-    publish_stage("sft-data", summary_markdown(merged["stats"], time.perf_counter() - start,
-                                               ref, config.judge.model), sample_rows(ref))
     print(f"sft-data: {merged['stats']['usable']:,} usable of {ref.rows:,} -> {ref.path}")
     return {"sft_examples": ref}

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import time
-
 from prefect import flow
 
-from flows.sample import sample_flow
+from flows.chain import run_chain
 from tasks import text_feedback as steps
-from tasks.artifacts import publish_stage, stats_markdown
-from tasks.caching import run_cached, run_shards
-from vpo_core.config import DEFAULT_CONFIG, PipelineConfig
+from tasks.runner import ShardedStage, Where, run_sharded
+from vpo_core.config import DEFAULT_CONFIG, PipelineConfig, Stage
 from vpo_core.shards import chunks
 from vpo_core.tables import DataRef, read_table
-from vpo_core.workdir import WorkDir
+from vpo_core.workdir import activate
+
+TEXT_FEEDBACK = ShardedStage(
+    "text-feedback", steps.shard, steps.merge,
+    lambda o: {k: o[k] for k in ("critiques", "text_pairs")},
+    lambda o: f"{o['stats']['to_render']} to render, {o['stats']['text_pairs']} text pairs",
+    "critiques", ("query", "prompt", "judgement", "refined", "refine_status"))
+LLM_SHARDS_AT_ONCE = 4   # shards share one concurrency limit; a few keep it busy
 
 
 @flow(name="text-feedback", log_prints=True)
@@ -21,22 +25,14 @@ def text_feedback_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = Fa
                        samples: DataRef | None = None) -> dict[str, DataRef]:
     """The judge critiques each sample; failing ones are refined into text pairs; samples
     judged "Yes" go on to rendering. One cached task per shard."""
-    start, work = time.perf_counter(), WorkDir.at(config.work_dir)
-    samples = samples or sample_flow(config)["samples"]
+    work = activate(config.work_dir)
+    samples = samples or run_chain(config, stop=Stage.text_feedback).refs["samples"]
     rows = read_table(samples, "samples").sort("query_id", "sample_index").to_dicts()
-    shards = [{"samples": part, "index": i, "judge": config.judge,
-               "model_cache": str(work.models)}
+    shards = [{"samples": part, "index": i, "judge": config.judge}
               for i, part in enumerate(chunks(rows, config.text_feedback.shard_size))]
-    outs = run_shards(steps.shard, work, force, stage="text-feedback", shards=shards,
-                      describe=lambda o: f"{o['stats']['to_render']} to render, "
-                      f"{o['stats']['text_pairs']} text pairs")
-    merged = run_cached(steps.merge, work, force, stage="text-feedback",
-                        shards=[{k: o[k] for k in ("critiques", "text_pairs")} for o in outs])
+    merged = run_sharded(TEXT_FEEDBACK, work, force, shards,
+                         Where.of(config.placement, "text-feedback", LLM_SHARDS_AT_ONCE))
     refs = {k: merged[k] for k in ("critiques", "text_pairs")}
-    publish_stage("text-feedback", stats_markdown("text-feedback", merged["stats"], refs,
-                                                  time.perf_counter() - start),
-                  read_table(refs["critiques"]).head(12).select(
-                      "query", "prompt", "judgement", "refined", "refine_status").to_dicts())
     print(f"text-feedback: {merged['stats']['to_render']:,} samples to render, "
           f"{refs['text_pairs'].rows:,} text pairs -> {refs['critiques'].path}")
     return refs

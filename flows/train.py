@@ -1,26 +1,29 @@
 """The training flows: train-sft (SFT data -> model) and train-dpo (pairs + SFT model ->
-model). Each run is one cached task: same data and settings, no retraining; a killed run
-resumes from its last checkpoint."""
+model). Each run is one cached task, inline or on the pool ``placement`` names: same
+data and settings, no retraining; a killed run resumes from its last checkpoint."""
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.sft_data import sft_data_flow
+from flows.chain import run_chain
 from tasks import training as steps
 from tasks.artifacts import publish_stage
-from tasks.caching import run_cached
-from vpo_core.config import DEFAULT_CONFIG, PipelineConfig
+from tasks.runner import Where, run_step
+from vpo_core.config import DEFAULT_CONFIG, PipelineConfig, Stage
 from vpo_core.tables import DataRef
 from vpo_core.training.report import summary_markdown
-from vpo_core.workdir import WorkDir
+from vpo_core.workdir import activate
 
 
 def _publish(stage: str, out: dict) -> None:
     history = out["metrics"]["history"]
-    publish_stage(stage, summary_markdown(stage, out["metrics"], out["model"], out["loss_png"]),
+    publish_stage(stage, summary_markdown(stage, out["metrics"], out["model"],
+                                         out["loss_png"].path),
                   [{k: h.get(k) for k in ("step", "loss", "learning_rate", "rewards/margins",
                                           "rewards/accuracies") if k in h} for h in history])
+    get_run_logger().info(f"{stage}: {out['metrics']['steps']} steps, loss "
+                          f"{out['metrics']['train_loss']:.4f} -> {out['model'].path}")
 
 
 # log_prints off: datasets/dill print bytecode while fingerprinting trl's map functions
@@ -28,16 +31,14 @@ def _publish(stage: str, out: dict) -> None:
 def train_sft_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
                    sft_examples: DataRef | None = None) -> dict[str, DataRef]:
     """SFT of the policy on the usable rows of ``sft_examples`` (built first if needed)."""
-    work = WorkDir.at(config.work_dir)
-    if sft_examples is None:
-        sft_examples = sft_data_flow(config)["sft_examples"]
-    base = steps.base_model(config.policy.model, str(work.models))
-    out = run_cached(steps.train_sft, work, force, stage="train-sft", data=sft_examples,
-                     base=base, train=config.train_sft, max_length=config.policy.max_length,
-                     seed=config.seed)
+    work = activate(config.work_dir)
+    sft_examples = sft_examples or run_chain(config, stop=Stage.train_sft).refs["sft_examples"]
+    base = steps.base_model(config.policy.model)
+    out = run_step(steps.train_sft, work, force, stage="train-sft",
+                   where=Where.of(config.placement, "train-sft"), data=sft_examples,
+                   base=base, train=config.train_sft, max_length=config.policy.max_length,
+                   seed=config.seed)
     _publish("train-sft", out)
-    get_run_logger().info(f"train-sft: {out['metrics']['steps']} steps, loss "
-          f"{out['metrics']['train_loss']:.4f} -> {out['model'].path}")
     return {"model": out["model"]}
 
 
@@ -46,17 +47,13 @@ def train_dpo_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
                    dpo_pairs: DataRef | None = None, sft_model: DataRef | None = None
                    ) -> dict[str, DataRef]:
     """DPO from the SFT model (also the reference model) on ``dpo_pairs``."""
-    from flows.pairs import pairs_flow
-
-    work = WorkDir.at(config.work_dir)
-    if sft_model is None:
-        sft_model = train_sft_flow(config)["model"]
-    if dpo_pairs is None:
-        dpo_pairs = pairs_flow(config)["dpo_pairs"]
-    out = run_cached(steps.train_dpo, work, force, stage="train-dpo", data=dpo_pairs,
-                     base=sft_model, train=config.train_dpo,
-                     max_length=config.policy.max_length, seed=config.seed)
+    work = activate(config.work_dir)
+    if dpo_pairs is None or sft_model is None:
+        refs = run_chain(config, stop=Stage.train_dpo).refs
+        dpo_pairs, sft_model = dpo_pairs or refs["dpo_pairs"], sft_model or refs["model"]
+    out = run_step(steps.train_dpo, work, force, stage="train-dpo",
+                   where=Where.of(config.placement, "train-dpo"), data=dpo_pairs,
+                   base=sft_model, train=config.train_dpo,
+                   max_length=config.policy.max_length, seed=config.seed)
     _publish("train-dpo", out)
-    get_run_logger().info(f"train-dpo: {out['metrics']['steps']} steps, loss "
-          f"{out['metrics']['train_loss']:.4f} -> {out['model'].path}")
     return {"model": out["model"]}

@@ -1,8 +1,11 @@
 """The Prefect conventions every stage task follows.
 
 - Cache keys: the task's source, the source of the ``vpo_core`` modules doing its work
-  (Prefect's TASK_SOURCE sees only the task body), and its inputs, with every
-  :class:`~vpo_core.tables.DataRef` keyed by its *content hash*, never its path.
+  (Prefect's TASK_SOURCE sees only the task body) and of the bundled data files it reads,
+  and its inputs, with every :class:`~vpo_core.tables.DataRef` keyed by its *content
+  hash*. No location enters a key: ``out_dir`` (where a step writes) is left out, and
+  tasks find the work directory's caches through :func:`vpo_core.workdir.current`, so a
+  moved work directory keeps every cache hit.
 - Results: persisted with the JSON serializer (no pickle) in the work directory's
   result store, so a finished task is a cache hit in any later run, from any process.
 - A cache hit whose output files are gone or changed is recomputed (:func:`run_cached`).
@@ -20,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import Task, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
@@ -47,18 +49,31 @@ def canonical(value: Any) -> Any:
     return value
 
 
+# Task parameters that say where, not what: never part of a cache key or an output folder.
+LOCATION_ARGS = frozenset({"out_dir"})
+DATA_DIR = Path(__file__).resolve().parents[1] / "vpo_core" / "data"
+# Every stage step by task name: what a deployment run on a work pool looks up.
+STEPS: dict[str, Task] = {}
+
+
+def key_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The inputs that decide a step's result, as its cache key sees them."""
+    return canonical({k: v for k, v in inputs.items() if k not in LOCATION_ARGS})
+
+
 @dataclass
 class ContentInputs(CachePolicy):
     """Key on the inputs, with file references by content hash."""
 
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],
                     flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
-        return hash_objects(canonical(inputs), raise_on_failure=True)
+        return hash_objects(key_inputs(inputs), raise_on_failure=True)
 
 
 @cache
-def source_digest(modules: tuple[str, ...]) -> str:
-    """SHA-256 of the source files of some modules (every .py file of a package)."""
+def source_digest(modules: tuple[str, ...], data: tuple[str, ...] = ()) -> str:
+    """SHA-256 of the source files of some modules (every .py file of a package) and of
+    some bundled data files (``vpo_core/data``)."""
     digest = hashlib.sha256()
     for name in sorted(modules):
         module = importlib.import_module(name)
@@ -68,18 +83,21 @@ def source_digest(modules: tuple[str, ...]) -> str:
             files = [Path(module.__file__)]
         for path in files:
             digest.update(path.read_bytes())
+    for name in sorted(data):
+        digest.update(name.encode() + b"\0" + (DATA_DIR / name).read_bytes())
     return digest.hexdigest()
 
 
 @dataclass
 class CodeVersion(CachePolicy):
-    """Key on the source of the library code a task calls."""
+    """Key on the source of the library code a task calls and the data files it reads."""
 
     modules: tuple[str, ...] = field(default_factory=tuple)
+    data: tuple[str, ...] = field(default_factory=tuple)
 
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],
                     flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
-        return source_digest(self.modules)
+        return source_digest(self.modules, self.data)
 
 
 # Library modules every stage depends on: the data contract and its helpers.
@@ -95,20 +113,26 @@ def retry_transient(task: Task, task_run: Any, state: Any) -> bool:
     return False
 
 
-def stage_task(*, name: str, modules: tuple[str, ...], retries: int = 3
-               ) -> Callable[[Callable[..., Any]], Task]:
+def stage_task(*, name: str, modules: tuple[str, ...], data: tuple[str, ...] = (),
+               retries: int = 3) -> Callable[[Callable[..., Any]], Task]:
     """The ``@task`` of a stage step: cached across runs on content, JSON results, retries
-    with exponential backoff and jitter for transient errors."""
-    return task(
-        name=name,
-        cache_policy=TASK_SOURCE + ContentInputs() + CodeVersion(modules=COMMON_MODULES + modules),
-        persist_result=True,
-        result_serializer="json",
-        retries=retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=2),
-        retry_jitter_factor=0.5,
-        retry_condition_fn=retry_transient,
-    )
+    with exponential backoff and jitter for transient errors. ``data`` names the bundled
+    files of ``vpo_core/data`` the step's result depends on."""
+    def register(fn: Callable[..., Any]) -> Task:
+        step = task(
+            name=name,
+            cache_policy=TASK_SOURCE + ContentInputs()
+            + CodeVersion(modules=COMMON_MODULES + modules, data=data),
+            persist_result=True,
+            result_serializer="json",
+            retries=retries,
+            retry_delay_seconds=exponential_backoff(backoff_factor=2),
+            retry_jitter_factor=0.5,
+            retry_condition_fn=retry_transient,
+        )(fn)
+        STEPS[name] = step
+        return step
+    return register
 
 
 def refs_in(value: Any) -> list[DataRef]:
@@ -125,24 +149,7 @@ def refs_in(value: Any) -> list[DataRef]:
 def stage_out_dir(step: Task, work: WorkDir, stage: str, kwargs: dict[str, Any]) -> Path:
     """Where :func:`run_cached` puts a step's outputs for these inputs (known in advance,
     so a parent flow can find what a deployment run on another worker wrote)."""
-    return work.stage_dir(stage, step.name.removeprefix(f"{stage}-"), canonical(kwargs))
-
-
-def run_shards(step: Task, work: WorkDir, force: bool, *, stage: str,
-               shards: list[dict[str, Any]], describe: Callable[[dict[str, Any]], str]
-               ) -> list[Any]:
-    """Run one cached task per shard in order, with a progress artifact and a log line per
-    shard (``describe`` summarises a shard's result)."""
-    logger = get_run_logger()
-    progress = create_progress_artifact(0.0, key=f"{stage}-progress",
-                                        description=f"{stage}: shards done")
-    outs = []
-    for kwargs in shards:
-        outs.append(run_cached(step, work, force, stage=stage, **kwargs))
-        update_progress_artifact(progress, 100.0 * len(outs) / max(1, len(shards)))
-        logger.info("%s: shard %d/%d done (%s)", stage, len(outs), len(shards),
-                    describe(outs[-1]))
-    return outs
+    return work.stage_dir(stage, step.name.removeprefix(f"{stage}-"), key_inputs(kwargs))
 
 
 def run_cached(step: Task, work: WorkDir, force: bool = False, *, stage: str,

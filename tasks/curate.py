@@ -20,7 +20,7 @@ from vpo_core.config import (
 from vpo_core.curate import recheck, stage
 from vpo_core.curate.sources import HF_PREFIX, fetch_hf_dataset, input_path
 from vpo_core.tables import DataRef, ref_for
-from vpo_core.workdir import WorkDir
+from vpo_core.workdir import WorkDir, current
 
 MODULES = ("vpo_core.curate",)
 
@@ -59,7 +59,7 @@ def clean(raw: DataRef, filters: FilterConfig, near_duplicates: NearDuplicateCon
     return stage.clean(raw, filters, near_duplicates, Path(out_dir), seed)
 
 
-@stage_task(name="curate-label-safety", modules=MODULES)
+@stage_task(name="curate-label-safety", modules=MODULES, data=("safety_keywords.txt",))
 def label(candidates: DataRef, safety: SafetyConfig, out_dir: str) -> dict[str, Any]:
     return stage.label(candidates, safety, Path(out_dir))
 
@@ -67,10 +67,10 @@ def label(candidates: DataRef, safety: SafetyConfig, out_dir: str) -> dict[str, 
 @stage_task(name="curate-recheck-safety",
             modules=(*MODULES, "vpo_core.llm", "vpo_core.prompts", "vpo_core.models"))
 def recheck_safety(labelled: DataRef, safety: SafetyConfig, split: SplitConfig, seed: int,
-                   judge: LLMConfig, model_cache: str, out_dir: str) -> dict[str, Any]:
+                   judge: LLMConfig, out_dir: str) -> dict[str, Any]:
     """The judge LLM re-checks the flagged queries the splits may use."""
     return recheck.recheck(labelled, safety, split, seed, judge, Path(out_dir),
-                           judge_api_key(judge), model_cache)
+                           judge_api_key(judge), str(current().models))
 
 
 @stage_task(name="curate-split", modules=MODULES)

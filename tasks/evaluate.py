@@ -16,16 +16,18 @@ from vpo_core.evaluate.stage import evaluate
 from vpo_core.evaluate.video import video_scores
 from vpo_core.optimizer import Sampling
 from vpo_core.tables import DataRef, read_table
+from vpo_core.workdir import current
 
 MODULES = ("vpo_core.evaluate", "vpo_core.llm", "vpo_core.prompts", "vpo_core.optimizer",
            "vpo_core.render", "vpo_core.reward")
 
 
-@stage_task(name="evaluate-run", modules=MODULES)
+@stage_task(name="evaluate-run", modules=MODULES,
+            data=("demonstrations.json", "visionreward_video_checklist.json"))
 def run(queries: DataRef, models: dict[str, DataRef], judge: LLMConfig, cfg: EvaluateConfig,
         max_new_tokens: int, render: RenderConfig, score: ScoreConfig, seed: int,
-        model_cache: str, out_dir: str) -> dict[str, Any]:
-    key = judge_api_key(judge)
+        out_dir: str) -> dict[str, Any]:
+    key, model_cache = judge_api_key(judge), str(current().models)
     rows = (read_table(queries, "queries").filter(pl.col("split") == "eval")
             .sort("query_id").select("query_id", "query").to_dicts())
     sampling = Sampling(max_new_tokens=max_new_tokens)

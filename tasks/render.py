@@ -1,6 +1,6 @@
 """Prefect tasks of the render stage: one cached task per shard of prompts, and the
-merge. A shard runs inline or, with ``render.work_pool`` set, as a ``render-shard``
-deployment run on that pool (see flows/render.py)."""
+merge. A shard runs inline or, with ``placement.render`` set, on that pool's workers
+(tasks/runner.py)."""
 
 from __future__ import annotations
 

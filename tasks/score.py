@@ -17,11 +17,12 @@ from vpo_core.tables import DataRef, concat_tables, read_table, write_table
 MODULES = ("vpo_core.reward", "vpo_core.llm", "vpo_core.render.video")
 
 
-@stage_task(name="score-shard", modules=MODULES)
+@stage_task(name="score-shard", modules=MODULES, data=("visionreward_video_checklist.json",))
 def shard(videos: DataRef, lo: int, hi: int, cfg: ScoreConfig, judge: LLMConfig,
-          out_dir: str) -> dict[str, Any]:
+          answers: DataRef | None, out_dir: str) -> dict[str, Any]:
+    """Score videos[lo:hi]; ``answers`` is the configured answers file, by content."""
     rows = read_table(videos, "videos").slice(lo, hi - lo)
-    answers = read_answers_file(cfg.answers_file) if cfg.answers_file else None
+    answers = read_answers_file(answers.path) if answers else None
     key = judge_api_key(judge) if cfg.backend == "vlm-checklist" else None
     df = score_rows(rows, cfg, judge, key, answers=answers, work_dir=out_dir)
     return {"rewards": write_table(df, Path(out_dir) / f"rewards-{lo:07d}.parquet", "rewards")}

@@ -12,6 +12,7 @@ from tasks.llm import judge_api_key
 from vpo_core.config import LLMConfig, SftDataConfig
 from vpo_core.sft_data import stage
 from vpo_core.tables import DataRef
+from vpo_core.workdir import current
 
 MODULES = ("vpo_core.sft_data", "vpo_core.shards", "vpo_core.llm", "vpo_core.prompts",
            "vpo_core.models")
@@ -23,11 +24,11 @@ def plan(queries: DataRef, shard_size: int) -> list[list[dict[str, str]]]:
     return stage.shard_queries(queries, shard_size)
 
 
-@stage_task(name="sft-data-shard", modules=MODULES)
+@stage_task(name="sft-data-shard", modules=MODULES, data=("demonstrations.json",))
 def shard(rows: list[dict[str, str]], index: int, judge: LLMConfig, cfg: SftDataConfig,
-          model_cache: str, out_dir: str) -> dict[str, Any]:
+          out_dir: str) -> dict[str, Any]:
     return stage.run_shard(rows, index, judge, cfg, Path(out_dir), judge_api_key(judge),
-                           model_cache)
+                           str(current().models))
 
 
 @stage_task(name="sft-data-merge", modules=MODULES)

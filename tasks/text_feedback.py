@@ -10,15 +10,16 @@ from tasks.llm import judge_api_key
 from vpo_core.config import LLMConfig
 from vpo_core.tables import DataRef
 from vpo_core.text_feedback import stage
+from vpo_core.workdir import current
 
 MODULES = ("vpo_core.text_feedback", "vpo_core.llm", "vpo_core.prompts", "vpo_core.models")
 
 
 @stage_task(name="text-feedback-shard", modules=MODULES)
-def shard(samples: list[dict[str, Any]], index: int, judge: LLMConfig, model_cache: str,
+def shard(samples: list[dict[str, Any]], index: int, judge: LLMConfig,
           out_dir: str) -> dict[str, Any]:
     return stage.run_shard(samples, index, judge, Path(out_dir), judge_api_key(judge),
-                           model_cache)
+                           str(current().models))
 
 
 @stage_task(name="text-feedback-merge", modules=MODULES)

@@ -11,19 +11,20 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from tasks.caching import stage_task
 from vpo_core.config import TrainDpoConfig, TrainSftConfig
 from vpo_core.models.bundled import BUNDLED_PREFIX, bundled_model_dir
-from vpo_core.tables import DataRef, ref_for_dir
+from vpo_core.tables import DataRef, ref_for, ref_for_dir
 from vpo_core.training.launch import run_training
 from vpo_core.training.trainer import TrainSpec
+from vpo_core.workdir import current
 
 MODULES = ("vpo_core.training", "vpo_core.prompts", "vpo_core.models")
 
 
 @task(name="policy-base")
-def base_model(model: str, models_dir: str) -> DataRef | str:
+def base_model(model: str) -> DataRef | str:
     """The starting weights: the bundled SmolLM2 (converted once), a local folder (keyed by
     its content), or a hub id (keyed by name)."""
     if model.startswith(BUNDLED_PREFIX):
-        return ref_for_dir(bundled_model_dir(models_dir))
+        return ref_for_dir(bundled_model_dir(current().models))
     return ref_for_dir(model) if Path(model).is_dir() else model
 
 
@@ -52,7 +53,7 @@ def _train(kind: str, data: DataRef, base: DataRef | str, train: Any, max_length
             "metrics": {k: v for k, v in metrics.items() if k != "final"} | {
                 "final": {k: v for k, v in metrics["final"].items()
                           if isinstance(v, int | float)}},
-            "loss_png": str(Path(out_dir) / "loss.png")}
+            "loss_png": ref_for(Path(out_dir) / "loss.png", "image")}
 
 
 @stage_task(name="train-sft-run", modules=MODULES)

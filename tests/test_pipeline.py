@@ -3,11 +3,14 @@ CogVideoX, frame metrics; the judge on the real local OpenAI server):
 
 - `vpo ui up` starts a real Prefect server, the cpu/gpu process pools, every deployment of
   prefect.yaml and the workers; the `vpo-pipeline/cpu-tiny` deployment runs through the
-  cpu worker and its artifacts are read back through the Prefect client; every stage's
-  output has its schema, DPO changes the weights, the evaluation has every method;
-- the render stage sends its shards to the `render-shard/gpu` deployment;
-- `vpo run` killed (SIGKILL) in the middle of the sample stage and run again completes
-  without redoing finished shards and ends with the same data as the deployment run;
+  cpu worker with the GPU stages placed on the gpu pool (as the paper preset places them),
+  and its artifacts are read back through the Prefect client; every stage's output has its
+  schema, DPO changes the weights, the evaluation has every method;
+- every placed stage's steps ran as `vpo-step/gpu` runs on the gpu worker; a stage run
+  again makes no new run; a step that fails on the worker fails its stage with its name;
+- `vpo run` (inline, no placement) killed (SIGKILL) in the middle of the sample stage and
+  run again completes without redoing finished shards and ends with the same data as the
+  placed deployment run;
 - `vpo ui down` stops exactly what `up` started.
 """
 
@@ -28,10 +31,10 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from flows.ui import down, status, ui_env, up
+from flows.ui import down, status, up
 from vpo_core.config import LLMConfig, load_config
 from vpo_core.curate.sources import bundled_queries
-from vpo_core.tables import read_table, write_table
+from vpo_core.tables import read_table
 from vpo_core.workdir import WorkDir
 
 pytestmark = pytest.mark.slow
@@ -41,8 +44,12 @@ TABLES = {"samples", "critiques", "text_pairs", "videos", "rewards", "dpo_pairs"
 TIMEOUT_S = 900
 
 
-def tiny_pipeline(tmp: Path, judge: LLMConfig, name: str) -> Path:
-    """A YAML config of the embedded default cut down to seconds per stage."""
+PLACED = ("train_sft", "sample", "render", "score", "train_dpo")
+
+
+def tiny_pipeline(tmp: Path, judge: LLMConfig, name: str, placed: bool = False) -> Path:
+    """A YAML config of the embedded default cut down to seconds per stage; ``placed``
+    puts the GPU stages on the gpu pool."""
     src = tmp / "queries.json"
     src.write_text(json.dumps(bundled_queries()[:300]))
     train = {"max_steps": 2, "global_batch_size": 2, "per_device_batch_size": 2,
@@ -53,9 +60,10 @@ def tiny_pipeline(tmp: Path, judge: LLMConfig, name: str) -> Path:
             "curate": {"input": str(src), "split": {"sft": 4, "dpo": 3, "eval": 2},
                        "safety": {"llm_recheck": False}},
             "sft_data": {"shard_size": 2}, "train_sft": train, "train_dpo": train,
-            "sample": {"k": 2, "max_new_tokens": 24, "shard_size": 1},
+            "sample": {"k": 2, "max_new_tokens": 24, "shard_size": 2},
             "text_feedback": {"shard_size": 2}, "render": {"shard_size": 2},
-            "pairs": {"margin": 0.0}, "evaluate": {"reoptimize_rounds": 2}}
+            "pairs": {"margin": 0.0}, "evaluate": {"reoptimize_rounds": 2},
+            "placement": {stage: "gpu" for stage in PLACED} if placed else {}}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -102,7 +110,7 @@ def deployed(ui, tmp_path_factory, module_judge: LLMConfig) -> tuple[Path, objec
 
     _, state = ui
     tmp = tmp_path_factory.mktemp("pipe")
-    config = load_config(tiny_pipeline(tmp, module_judge, "straight"))
+    config = load_config(tiny_pipeline(tmp, module_judge, "straight", placed=True))
     with _api(state):
         run = run_deployment("vpo-pipeline/cpu-tiny", timeout=TIMEOUT_S,
                              parameters={"config": config.model_dump(mode="json")})
@@ -171,7 +179,7 @@ def test_killed_pipeline_resumes_and_matches(deployed, tmp_path: Path,
     deadline, first = time.monotonic() + TIMEOUT_S, None
     while time.monotonic() < deadline and proc.poll() is None:
         done = list((work / "data" / "sample").rglob("samples-00000.parquet"))
-        if done:                       # sample shard 0 finished, shard 1 under way
+        if done:                       # sample shard 0 finished, shard 1 to come
             first = done[0]
             break
         time.sleep(0.1)
@@ -193,37 +201,7 @@ def test_killed_pipeline_resumes_and_matches(deployed, tmp_path: Path,
         assert a.equals(b), table
 
 
-SCRIPT = """
-import json, sys
-from flows.render import render_flow
-from vpo_core.config import PipelineConfig, RenderConfig
-from vpo_core.tables import ref_for
-cfg = PipelineConfig(work_dir=sys.argv[1], render=RenderConfig(work_pool="gpu", shard_size=2))
-out = render_flow(cfg, critiques=ref_for(sys.argv[2], "critiques"))
-print("RESULT", json.dumps(out["videos"].model_dump()))
-"""
-
-
-def _critiques(path: Path) -> Path:
-    rows = [{"query_id": f"q{i}", "query": q, "sample_index": 0, "prompt": f"{q}, cinematic",
-             "critique_status": "ok", "judgement": "yes", "refine_status": "skipped",
-             "render": True, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0,
-             "critique": None, "refinement": None, "refined": None}
-            for i, q in enumerate(["a red fox in snow", "waves at dawn", "a busy market"])]
-    write_table(pl.DataFrame(rows), path, "critiques")
-    return path
-
-
-def _render(work: WorkDir, critiques: Path, port: int) -> dict:
-    env = ui_env(work, port) | {"PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(work.root), str(critiques)],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=540)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
-
-
-def _shard_runs(state: dict) -> list:
+def _step_runs(state: dict) -> list:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
@@ -232,24 +210,40 @@ def _shard_runs(state: dict) -> list:
             name=DeploymentFilterName(any_=["gpu"])))
 
 
-def test_render_shards_run_on_the_gpu_pool_and_resume(ui, tmp_path: Path) -> None:
-    work, state = ui
-    port = int(state["api"].rsplit(":", 1)[1].split("/")[0])
-    assert status(work)["server"] and all(status(work)["processes"].values())
-    critiques = _critiques(tmp_path / "critiques.parquet")
+def test_placed_stages_ran_on_the_gpu_pool(ui, deployed) -> None:
+    _, state = ui
+    runs = _step_runs(state)
+    assert runs and all(r.work_pool_name == "gpu" and r.state.is_completed() for r in runs)
+    assert {r.parameters["stage"] for r in runs} == {"train-sft", "sample", "render",
+                                                      "score", "train-dpo"}
+    assert all(r.parent_task_run_id for r in runs)           # linked to the parent flow
 
-    videos = read_table(_render(work, critiques, port)["path"], "videos")
-    assert videos.height == 3 and videos["status"].to_list() == ["ok"] * 3
-    assert all(Path(p).stat().st_size > 0 for p in videos["video_path"])
-    runs = _shard_runs(state)
-    assert len(runs) == 2                                       # 3 prompts, 2 per shard
-    assert all(r.state.is_completed() and r.parent_task_run_id for r in runs)
-    mtimes = [os.stat(p).st_mtime_ns for p in videos["video_path"]]
 
-    again = read_table(_render(work, critiques, port)["path"], "videos")
-    assert again["video_path"].to_list() == videos["video_path"].to_list()
-    assert [os.stat(p).st_mtime_ns for p in again["video_path"]] == mtimes   # not re-rendered
-    assert len(_shard_runs(state)) == 4
+def _stage(state: dict, config: Path, stage: str, *sets: str) -> subprocess.CompletedProcess:
+    """``vpo <stage>`` against the ui's server, as a user runs it with PREFECT_API_URL."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_API_URL"] = state["api"]
+    args = [a for s in sets for a in ("--set", s)]
+    return subprocess.run(_vpo(stage, "--config", str(config), *args), cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+def test_a_placed_stage_run_again_makes_no_new_run(ui, deployed) -> None:
+    _, state = ui
+    before = len(_step_runs(state))
+    done = _stage(state, deployed[0].parent / "straight.yaml", "score")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert len(_step_runs(state)) == before
+
+
+def test_a_step_failing_on_the_worker_fails_its_stage_with_its_name(ui, deployed) -> None:
+    _, state = ui
+    failed = _stage(state, deployed[0].parent / "straight.yaml", "render",
+                    "render.num_frames=10")                   # CogVideoX needs 8k + 1
+    assert failed.returncode == 1
+    assert re.search(r"render: run render-shard-\w+ of vpo-step/gpu on pool 'gpu' ended "
+                     r"Failed", failed.stderr), failed.stderr[-3000:]
+    assert "num_frames" in failed.stderr
 
 
 def test_ui_down_stops_what_it_started(ui) -> None:

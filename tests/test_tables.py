@@ -46,3 +46,29 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
         raise RuntimeError("killed")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_folder_digest_is_answered_by_its_manifest_until_a_file_changes(
+        tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    from vpo_core import tables
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"w" * 1000)
+    (model / "config.json").write_text("{}")
+    first = tables.dir_sha256(model)
+    assert (model / tables.MANIFEST).is_file()
+    reads = []
+    monkeypatch.setattr(tables, "file_sha256",
+                        lambda p: reads.append(p) or tables.hashlib.sha256(b"").hexdigest())
+    assert tables.dir_sha256(model) == first and reads == []      # no file read again
+    monkeypatch.undo()
+    st = (model / "weights.bin").stat()
+    os.utime(model / "weights.bin", ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert tables.dir_sha256(model) == first                      # touched: hashed again
+    (model / "weights.bin").write_bytes(b"v" * 1000)
+    assert tables.dir_sha256(model) != first
+    (model / tables.MANIFEST).unlink()
+    assert tables.dir_sha256(model) == tables.dir_sha256(model)   # manifest not hashed

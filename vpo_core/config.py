@@ -283,8 +283,6 @@ class RenderConfig(Section):
     width: int = Field(64, ge=16, description="Paper: 720.")
     fps: int = Field(8, ge=1)
     shard_size: int = Field(8, ge=1)
-    work_pool: str | None = Field(None, description="Run on this Prefect work pool ('gpu') "
-                                  "with run_deployment; inline when empty.")
 
 
 class ScoreConfig(Section):
@@ -330,6 +328,31 @@ class EvaluateConfig(Section):
     video: bool = Field(False, description="Also render and score each method's prompts.")
 
 
+class PlacementConfig(Section):
+    """Where each stage runs: empty = inline, in the flow's own process; a work pool name
+    (e.g. 'gpu') = each shard (sample, render, score, sft-data, text-feedback) or the whole
+    step (train-sft, train-dpo, evaluate) as a run of the 'vpo-step/<pool>' deployment on
+    that pool's workers. The work directory must then be storage the workers share (NFS, a
+    ReadWriteMany volume)."""
+
+    sft_data: str | None = Field(None, description="Work pool of the sft-data shards.")
+    train_sft: str | None = Field(None, description="Work pool of SFT training (one run; "
+                                  "multi-GPU inside it with train_sft.num_processes).")
+    sample: str | None = Field(None, description="Work pool of the sample shards.")
+    text_feedback: str | None = Field(None, description="Work pool of the text-feedback "
+                                      "shards.")
+    render: str | None = Field(None, description="Work pool of the render shards.")
+    score: str | None = Field(None, description="Work pool of the score shards.")
+    train_dpo: str | None = Field(None, description="Work pool of DPO training (one run).")
+    evaluate: str | None = Field(None, description="Work pool of the evaluation (one run).")
+    max_in_flight: int = Field(64, ge=1, description="Deployment runs a stage keeps "
+                               "submitted at once (the pool's workers take them as they "
+                               "free up).")
+    deadline_s: float = Field(86400.0, gt=0, description="Longest wait for one deployment "
+                              "run; a run still going then is cancelled and fails its "
+                              "stage.")
+
+
 # --------------------------------------------------------------------------- pipeline
 class PipelineConfig(Section):
     """Everything a pipeline run needs; one section per stage."""
@@ -351,6 +374,7 @@ class PipelineConfig(Section):
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     train_dpo: TrainDpoConfig = Field(default_factory=TrainDpoConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
 
 
 DEFAULT_CONFIG = PipelineConfig()

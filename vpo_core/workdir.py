@@ -2,6 +2,11 @@
 
 Nothing is written to the user's home: :func:`prefect_env` points PREFECT_HOME (and the
 Hugging Face caches) inside the work directory before Prefect is imported.
+
+The work directory is portable: references to files inside it are stored relative to it
+(:class:`vpo_core.tables.DataRef`) and resolved against the *active* work directory of
+the process (:func:`activate`), so a moved directory, or one a GPU worker mounts at
+another path, keeps every cache hit.
 """
 
 from __future__ import annotations
@@ -12,6 +17,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+ACTIVE_ENV = "VPO_WORK_DIR"
+# A worker that mounts the shared work directory at another path than the parent flow
+# sees it sets this; runs sent to that worker use it instead of the parent's path.
+WORKER_ENV = "VPO_WORKER_WORK_DIR"
 
 
 @dataclass(frozen=True)
@@ -74,3 +84,27 @@ def prefect_env(work: WorkDir, environ: dict[str, str] | None = None) -> dict[st
         "PREFECT_LOGGING_EXTRA_LOGGERS": "vpo_core",
     }
     return {k: v for k, v in wanted.items() if k not in environ}
+
+
+def activate(root: str | Path) -> WorkDir:
+    """Make ``root`` the work directory this process (and the processes it starts)
+    resolves relative references against; return it, created."""
+    work = WorkDir.at(root).create()
+    os.environ[ACTIVE_ENV] = str(work.root)
+    return work
+
+
+def active_root() -> Path | None:
+    """The active work directory, or None when no flow has activated one."""
+    root = os.environ.get(ACTIVE_ENV)
+    return Path(root) if root else None
+
+
+def current() -> WorkDir:
+    """The active work directory (tasks find the model cache and the call store here, so
+    no absolute path is ever a task parameter or part of a cache key)."""
+    root = active_root()
+    if root is None:
+        raise RuntimeError(f"no active work directory: call vpo_core.workdir.activate() "
+                           f"first (or set {ACTIVE_ENV})")
+    return WorkDir(root)
