@@ -27,15 +27,16 @@ MODULES = ("vpo_core.evaluate", "vpo_core.llm", "vpo_core.prompts", "vpo_core.op
 def run(queries: DataRef, models: dict[str, DataRef], judge: LLMConfig, cfg: EvaluateConfig,
         max_new_tokens: int, render: RenderConfig, score: ScoreConfig, seed: int,
         out_dir: str) -> dict[str, Any]:
-    key, model_cache = judge_api_key(judge), str(current().models)
+    key, work = judge_api_key(judge), current()
+    model_cache = str(work.models)
     rows = (read_table(queries, "queries").filter(pl.col("split") == "eval")
             .sort("query_id").select("query_id", "query").to_dicts())
     sampling = Sampling(max_new_tokens=max_new_tokens)
     methods: dict[str, Method] = {"original": original,
-                                  "few-shot": FewShot(judge, key, model_cache)}
+                                  "few-shot": FewShot(judge, key, model_cache, work.root)}
     methods |= {name: OptimizerMethod(ref.path, sampling) for name, ref in models.items()}
     out = evaluate(rows, methods, judge, max(1, cfg.reoptimize_rounds), Path(out_dir), key,
-                   model_cache)
+                   model_cache, work.root)
     if cfg.video:
         out |= video_scores(read_table(out["eval_judgements"]), render, score, seed,
                             Path(out_dir), judge, key)

@@ -122,8 +122,11 @@ class CurateConfig(Section):
     """Query curation (paper §3.1): normalise, rule filter, deduplicate, label safety, split."""
 
     input: str = Field("bundled", description="'bundled' (5,000 real VidProM queries shipped "
-                       "with the project), a CSV / TSV / Parquet / JSON / JSONL / TXT file, or "
-                       "'hf:<dataset id>' loaded with the datasets library.")
+                       "with the project), a CSV / TSV / Parquet / JSON / JSONL / TXT file, a "
+                       "folder of such files or a glob pattern ('dumps/*.csv'), read as one "
+                       "input in name order (a scheduled re-run picks up new files and, with "
+                       "the call store, pays only for new queries), or 'hf:<dataset id>' "
+                       "loaded with the datasets library.")
     prompt_column: str = Field("prompt", description="Column (or JSON field) of the query.")
     hf_split: str = Field("train", description="Split of a Hugging Face dataset input.")
     hf_data_files: str | None = Field(None, description="data_files of a Hugging Face "

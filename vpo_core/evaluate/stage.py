@@ -81,7 +81,8 @@ def _fail_if_judge_down(judgements: list[Judgement]) -> None:
 
 def evaluate(queries: Sequence[Mapping[str, Any]], methods: Mapping[str, Method],
              judge: LLMConfig, rounds: int, out_dir: Path, api_key: str | None = None,
-             model_cache: str | None = None) -> dict[str, Any]:
+             model_cache: str | None = None, work_root: str | Path | None = None
+             ) -> dict[str, Any]:
     """Judge every method's prompts for ``queries`` ({query_id, query}); optimizer methods
     run ``rounds`` rounds. Writes ``eval_judgements.parquet``, ``eval_summary.json``,
     ``eval_report.md`` and ``eval_chart.png`` into ``out_dir`` and returns their refs, the
@@ -91,7 +92,7 @@ def evaluate(queries: Sequence[Mapping[str, Any]], methods: Mapping[str, Method]
     rows = [row for name, method in methods.items()
             for row in _prompts(queries, name, method, rounds)]
     judgements = label_prompts([(r["query"], r["prompt"]) for r in rows], judge, api_key,
-                               model_cache)
+                               model_cache, work_root)
     _fail_if_judge_down(judgements)
     table = [_judged(r, j) for r, j in zip(rows, judgements, strict=True)]
     out_dir = Path(out_dir)

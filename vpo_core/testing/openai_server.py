@@ -20,7 +20,8 @@ Batches (``POST /v1/files``, ``GET /v1/files/{id}/content``, ``POST /v1/batches`
 ``completed`` (every line answered, but ``batch_fault_rate`` of them with a 500),
 ``expired`` (only ``batch_expired_share`` of the lines answered, the others in the error
 file with ``batch_expired``) or ``failed`` (nothing answered). Counters: ``requests``
-(chat completions by last message), ``batch_items`` (batch lines by last message),
+(chat completions by last message), ``conversations`` (by the whole conversation),
+``batch_items`` (batch lines by last message),
 ``endpoints`` (requests per route), ``latency_total`` (seconds of latency served);
 ``GET /v1/stats`` returns them for a server in another process.
 """
@@ -57,6 +58,12 @@ def message_text(content: str | list[dict]) -> str:
     if isinstance(content, str):
         return content
     return "\n".join(p.get("text", "") for p in content if p.get("type") == "text")
+
+
+def conversation_key(messages: list[dict]) -> str:
+    """A digest of a whole conversation (``requests`` counts by the last message only,
+    which every refinement turn shares)."""
+    return hashlib.sha256(orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def default_responder(messages: list[dict]) -> str:
@@ -97,6 +104,7 @@ class FakeOpenAI:
     batch_fault_rate: float = 0.0
     batch_expired_share: float = 0.5
     requests: Counter = field(default_factory=Counter)
+    conversations: Counter = field(default_factory=Counter)
     batch_items: Counter = field(default_factory=Counter)
     endpoints: Counter = field(default_factory=Counter)
     outcomes: Counter = field(default_factory=Counter)
@@ -152,6 +160,7 @@ class FakeOpenAI:
         messages = body.get("messages", [])
         self.arrivals.append(time.monotonic())
         self.requests[message_text(messages[-1]["content"]) if messages else ""] += 1
+        self.conversations[conversation_key(messages)] += 1
         if (denied := self._unauthorised(request)) is not None:
             return denied
         latency = self._latency()
