@@ -200,3 +200,13 @@ def test_redis_password_comes_from_the_environment(monkeypatch) -> None:
     with pytest.raises(ConfigError, match="VPO_TEST_REDIS_PASSWORD is not set"):
         LLMClient(cfg).run(_requests(1))
     assert os.environ.get("VPO_TEST_REDIS_PASSWORD") is None
+
+
+def test_identical_requests_in_flight_are_sent_once() -> None:
+    fake = FakeOpenAI(latency=0.2)
+    with ServerThread(fake) as srv:
+        twice = _requests(5) + _requests(5)                  # same questions, other rows
+        results = LLMClient(_cfg(srv, call_store="off")).run(twice)
+    assert _sent(fake) == 5 and all(r.ok for r in results)
+    assert sum(r.cached for r in results) == 5
+    assert [r.text for r in results[:5]] == [r.text for r in results[5:]]

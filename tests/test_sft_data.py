@@ -168,7 +168,7 @@ def test_critique_outage_after_generation_is_transient(tmp_path: Path, judge: LL
         return default_responder(messages)
 
     fake_llm.fake.responder = down_for_critiques
-    rows, strict = ROWS[:4], judge.model_copy(update={"max_retries": 0})
+    rows, strict = ROWS[:4], judge.model_copy(update={"max_retries": 2, "timeout_s": 30})
     with pytest.raises(TransientError, match="shard 0 critique: all 4 calls failed"):
         run_shard(rows, 0, strict, SftDataConfig(), tmp_path / "out", work_root=tmp_path)
     fake_llm.fake.responder = default_responder

@@ -101,8 +101,8 @@ SFT_EXAMPLES = pa.schema([
     _f("model", pa.string(), False),
     _f("prompt_tokens", pa.int64(), False),
     _f("completion_tokens", pa.int64(), False),
-    _f("cost", pa.float64(), False),           # of the calls made
-    _f("cost_saved", pa.float64(), False),     # of the calls the call store answered
+    _f("cost", pa.float64(), False),           # of the row's answers, as first made
+    _f("cost_saved", pa.float64(), False),     # the part the call store answered
     _f("calls", pa.int32(), False),
     _f("cached_calls", pa.int32(), False),     # answered from the call store
 ])
@@ -134,8 +134,8 @@ CRITIQUES = pa.schema([
     _f("error", pa.string()),                  # the first failed call's cause
     _f("prompt_tokens", pa.int64(), False),
     _f("completion_tokens", pa.int64(), False),
-    _f("cost", pa.float64(), False),           # of the calls made
-    _f("cost_saved", pa.float64(), False),     # of the calls the call store answered
+    _f("cost", pa.float64(), False),           # of the row's answers, as first made
+    _f("cost_saved", pa.float64(), False),     # the part the call store answered
     _f("calls", pa.int32(), False),
     _f("cached_calls", pa.int32(), False),     # answered from the call store
 ])

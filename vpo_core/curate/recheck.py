@@ -72,5 +72,5 @@ def recheck(labelled_ref: DataRef, safety: SafetyConfig, split: SplitConfig, see
         "tokens": sum(r.prompt_tokens + r.completion_tokens for r in results),
         "calls_made": sum(not r.cached for r in results),
         "cached_calls": sum(r.cached for r in results),
-        "cost": sum(r.cost for r in results if not r.cached),
+        "cost": sum(r.cost for r in results),
         "cost_saved": sum(r.cost for r in results if r.cached)}}

@@ -216,8 +216,8 @@ def summary_markdown(stats: dict[str, Any], outputs: dict[str, DataRef]) -> str:
         lines.append(f"Judge re-check of {rc['asked']:,} flagged queries: "
                      f"{', '.join(f'{k} {v:,}' for k, v in rc['outcomes'].items()) or 'none'}"
                      f" ({rc['tokens']:,} tokens; {rc['calls_made']:,} calls made, "
-                     f"{rc['cached_calls']:,} from the call store; ${rc['cost']:.4f}, "
-                     f"${rc['cost_saved']:.4f} saved).")
+                     f"{rc['cached_calls']:,} from the call store; ${rc['cost']:.4f}, of "
+                     f"which ${rc['cost_saved']:.4f} saved).")
     lines += [f"Self-BLEU-{sb['order']} (Texygen, {sb['sample']:,}-query sample): "
               f"{sb['before_near_dedup']} before near-duplicate removal, {sb['after']} after "
               "(lower is more diverse).", "", "| step | seconds |", "|---|---:|"]

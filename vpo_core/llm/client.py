@@ -30,7 +30,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,9 +63,9 @@ class LLMRequest:
 @dataclass
 class LLMResult:
     """The outcome of one request: ``status`` is ``ok`` or ``error:<kind>`` (``error``
-    then says why, as the provider or the exception said it). ``cached``: answered from
-    the call store, no request made; ``cost`` is then what the original call cost, i.e.
-    what the store saved."""
+    then says why, as the provider or the exception said it). ``cached``: answered
+    without a request of its own (from the call store, or by the same request in flight
+    in this process); ``cost`` is then what the original call cost, i.e. the saving."""
 
     id: str
     status: str
@@ -228,7 +228,8 @@ class LLMClient:
                     batch = eng.shared[key] = BatchQueue(cfg, api, self.batch_model,
                                                          self.batch_folder, store)
             transport = make_transport(cfg, self.api_key, self.model_cache, eng.session())
-            self._lane = _Lane(cfg, transport, eng.limits_for(cfg), store, batch, self.scrub)
+            self._lane = _Lane(cfg, transport, eng.limits_for(cfg), store, batch, self.scrub,
+                               eng.inflight)
             self._lane_engine = eng
         else:
             self._lane.limits.configure(self.cfg)
@@ -245,8 +246,11 @@ class _Lane:
     store: CallStore | None
     batch: BatchQueue | None
     scrub: Scrubber
+    inflight: dict[str, asyncio.Future]
 
     async def ask(self, request: LLMRequest, priority: int) -> LLMResult:
+        """The store's answer; else the answer of the same request already in flight in
+        this process (asked once, answered to all); else a call of its own."""
         cfg, start = self.cfg, time.perf_counter()
         params = request_params(cfg, request)
         key = request_key(cfg.model, request.messages, params)
@@ -256,6 +260,24 @@ class _Lane:
                 return LLMResult(request.id, "ok", hit.text, cfg.model, hit.prompt_tokens,
                                  hit.completion_tokens, hit.cost, 0,
                                  time.perf_counter() - start, cached=True)
+        leader = self.inflight.get(key)
+        if leader is not None:
+            first = await asyncio.shield(leader)
+            if first is not None and first.ok:
+                return replace(first, id=request.id, attempts=0, cached=True,
+                               seconds=time.perf_counter() - start)
+        future = self.inflight.setdefault(key, asyncio.get_running_loop().create_future())
+        result = None
+        try:
+            result = await self._call(request, params, priority, key, start)
+            return result
+        finally:
+            if self.inflight.get(key) is future:
+                del self.inflight[key]
+                future.set_result(result)
+
+    async def _call(self, request: LLMRequest, params: dict[str, Any], priority: int,
+                    key: str, start: float) -> LLMResult:
         if self.batch is not None:
             done = await self.batch.ask(key, request.messages, params)
             if done is not None:  # stored by the batch's poller

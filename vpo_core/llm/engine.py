@@ -101,6 +101,7 @@ class Engine:
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     limits: dict[tuple[str, str | None], Limits] = field(default_factory=dict)
     shared: dict[Any, Any] = field(default_factory=dict)
+    inflight: dict[str, asyncio.Future] = field(default_factory=dict)  # request key -> answer
     sequence: itertools.count = field(default_factory=itertools.count)
 
     def __post_init__(self) -> None:

@@ -10,7 +10,9 @@ Backends (``judge.call_store``):
 
 - ``sqlite`` (default): ``<work dir>/llm/calls.sqlite`` in WAL mode. Each answer is
   committed as it arrives, so a SIGKILLed run keeps every answer it received; several
-  threads and processes may read and write it at once.
+  threads and processes of one machine may read and write it at once. WAL needs shared
+  memory between its writers, so workers on several machines (a work directory on NFS)
+  should share a Redis store instead.
 - ``redis://host:port/db``: a Redis server shared by several machines (the password, if
   any, from the environment variable named by ``judge.call_store_password_env``).
 - ``off``: no store.

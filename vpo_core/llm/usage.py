@@ -15,12 +15,13 @@ USAGE_COLUMNS = ("prompt_tokens", "completion_tokens", "cost", "cost_saved", "ca
 
 
 def row_usage(results: Sequence[LLMResult]) -> dict[str, Any]:
-    """Tokens of every call; ``cost`` of the calls made, ``cost_saved`` of the calls the
-    store answered (what they cost when first made); the first error's text."""
+    """Tokens and ``cost`` of every answer (as first made); ``cost_saved`` and
+    ``cached_calls``: the part the call store answered without a request; the first
+    error's text."""
     return {
         "prompt_tokens": sum(r.prompt_tokens for r in results),
         "completion_tokens": sum(r.completion_tokens for r in results),
-        "cost": sum(r.cost for r in results if not r.cached),
+        "cost": sum(r.cost for r in results),
         "cost_saved": sum(r.cost for r in results if r.cached),
         "calls": len(results), "cached_calls": sum(r.cached for r in results),
         "error": next((r.error for r in results if r.error), None),
@@ -44,6 +45,6 @@ def usage_markdown(stats: dict[str, Any]) -> list[str]:
         f"| calls answered from the call store | {stats['cached_calls']:,} |",
         f"| tokens (prompt + completion) | {stats['prompt_tokens']:,} + "
         f"{stats['completion_tokens']:,} |",
-        f"| cost (USD, where litellm knows it) | {stats['cost']:.4f} |",
-        f"| cost saved by the call store (USD) | {stats['cost_saved']:.4f} |",
+        f"| cost of the answers (USD, where litellm knows it) | {stats['cost']:.4f} |",
+        f"| of which saved by the call store (USD) | {stats['cost_saved']:.4f} |",
     ]
