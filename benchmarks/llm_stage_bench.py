@@ -17,6 +17,7 @@ zero requests). The server runs in its own process; the work directory is
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -41,8 +42,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stats(port: int) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/stats", timeout=10) as resp:
+def _stats(port: int, since: float = 0.0) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{port}/v1/stats?since={since}"
+    with urllib.request.urlopen(url, timeout=10) as resp:
         return json.loads(resp.read())
 
 
@@ -65,8 +67,9 @@ def _samples(n: int, work: WorkDir) -> Any:
     from vpo_core.curate.sources import bundled_queries
     from vpo_core.tables import write_table
 
-    queries = bundled_queries()
-    rows = [{"query_id": f"s{i:05d}", "query": queries[-1 - i], "sample_index": j,
+    queries = bundled_queries()  # ids as curate makes them: new queries interleave
+    rows = [{"query_id": hashlib.sha256(queries[-1 - i].encode()).hexdigest()[:16],
+             "query": queries[-1 - i], "sample_index": j,
              "prompt": f"{queries[-1 - i].strip()}, cinematic shot {j + 1}, natural light, "
                        "smooth camera movement, rich textures and detailed surroundings.",
              "status": "ok", "model": "bench", "seed": j}
@@ -79,6 +82,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, port: int, work: WorkDir) -> None:
         self.args, self.port, self.work = args, port, work
         self.rows: list[list[str]] = []
+        self.overheads: list[str] = []
 
     def config(self, sft: int) -> Any:
         from vpo_core.config import load_config
@@ -97,11 +101,15 @@ class Bench:
         from vpo_core.tables import read_table
 
         before = _stats(self.port)
-        start = time.perf_counter()
+        start, clock = time.perf_counter(), time.monotonic()
         out = run()
-        wall = time.perf_counter() - start
-        after = _stats(self.port)
+        wall, end = time.perf_counter() - start, time.monotonic()
+        after = _stats(self.port, since=clock)
         requests = after["requests"] - before["requests"]
+        if requests:  # the flow's own time before the first request and after the last answer
+            self.overheads.append(f"{label}: first request after "
+                                  f"{after['first_arrival'] - clock:.1f} s, flow done "
+                                  f"{end - after['last_answer']:.1f} s after the last answer")
         ideal = (after["latency_total"] - before["latency_total"]) / self.args.concurrency
         df = read_table(out[table])
         figures = {"wall": wall, "ideal": ideal, "requests": requests,
@@ -206,6 +214,8 @@ def run(args: argparse.Namespace, port: int, work: WorkDir) -> None:
     bench.print_table()
     print("(calls made / from store: as counted by the rows when they were computed; the "
           "identical runs' rows come from Prefect's cache and made no call)")
+    print()
+    print("\n".join(bench.overheads))
     print()
     print(_incremental("sft-data +25%", first, more, "query_id"))
     tf_first["df"] = tf_first["df"].with_columns(

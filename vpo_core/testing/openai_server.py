@@ -109,6 +109,7 @@ class FakeOpenAI:
     endpoints: Counter = field(default_factory=Counter)
     outcomes: Counter = field(default_factory=Counter)
     arrivals: list[float] = field(default_factory=list)
+    last_answer: float = 0.0
     latency_total: float = 0.0
     in_flight: int = 0
     max_in_flight: int = 0
@@ -154,6 +155,7 @@ class FakeOpenAI:
             return await self._answer(request)
         finally:
             self.in_flight -= 1
+            self.last_answer = time.monotonic()
 
     async def _answer(self, request: Request) -> Response:
         body = await request.json()
@@ -285,8 +287,12 @@ class FakeOpenAI:
     def _public(batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in batch.items() if not k.startswith("_")}
 
-    async def _stats(self) -> dict[str, Any]:
-        return {"requests": sum(self.requests.values()),
+    async def _stats(self, since: float = 0.0) -> dict[str, Any]:
+        """Counters; ``first_arrival`` (after ``since``) and ``last_answer`` on the
+        machine's monotonic clock, which other processes share."""
+        first = next((a for a in self.arrivals if a >= since), None)
+        return {"requests": sum(self.requests.values()), "first_arrival": first,
+                "last_answer": self.last_answer,
                 "batch_items": sum(self.batch_items.values()),
                 "endpoints": dict(self.endpoints), "outcomes": dict(self.outcomes),
                 "latency_total": self.latency_total, "max_in_flight": self.max_in_flight}
