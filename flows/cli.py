@@ -6,6 +6,7 @@ result store, Hugging Face cache), so nothing is written to the user's home.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -45,19 +46,47 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _load(config: str | None, sets: list[str] | None, work_dir: Path | None,
-          **extra: Any) -> PipelineConfig:
+def _config(config: str | None, sets: list[str] | None, work_dir: Path | None,
+            **extra: Any) -> PipelineConfig:
+    """The configuration asked for; exit 2 when it does not validate."""
     overrides = _overrides(sets) | extra
     if work_dir is not None:
         overrides["work_dir"] = str(work_dir)
     try:
-        cfg = load_config(config, overrides)
+        return load_config(config, overrides)
     except ConfigError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
+
+
+def _activate(cfg: PipelineConfig) -> PipelineConfig:
+    """Create the work directory and root Prefect and the caches in it."""
     work = activate(cfg.work_dir)
     os.environ.update(prefect_env(work))
     return cfg.model_copy(update={"work_dir": work.root})
+
+
+def _load(config: str | None, sets: list[str] | None, work_dir: Path | None,
+          **extra: Any) -> PipelineConfig:
+    return _activate(_config(config, sets, work_dir, **extra))
+
+
+def _preflight(cfg: PipelineConfig, offline: bool = False) -> bool:
+    """Print the preflight findings of ``cfg``; False when one is an error. Prefect's home
+    goes in the work directory, as for a run (the check reports one that cannot be
+    made)."""
+    work = WorkDir.at(cfg.work_dir)
+    with contextlib.suppress(OSError):
+        work.create()
+    os.environ.update(prefect_env(work))
+    from tasks.preflight import run_preflight
+    from vpo_core.preflight import counts, errors, text_table
+
+    start = time.perf_counter()
+    findings = run_preflight(cfg, offline=offline)
+    typer.echo(f"preflight ({cfg.preset}): {counts(findings)} "
+               f"({time.perf_counter() - start:.1f} s)\n{text_table(findings)}")
+    return not errors(findings)
 
 
 def _finish(state: Any, what: str) -> dict[str, Any]:
@@ -86,23 +115,47 @@ def _print_outputs(outputs: dict[str, Any], indent: str = "  ") -> None:
 @app.command()
 def run(config: ConfigOpt = None, force: Annotated[list[Stage] | None, typer.Option(
         "--force", help="Recompute this stage even if cached (repeatable).")] = None,
-        work_dir: WorkOpt = None, set_: SetOpt = None) -> None:
+        work_dir: WorkOpt = None, set_: SetOpt = None,
+        no_check: Annotated[bool, typer.Option(
+            "--no-check", help="Skip the preflight checks (vpo check) before the first "
+            "stage.")] = False) -> None:
     """Run the whole pipeline (curate → sft-data → train-sft → sample → text-feedback → render
     → score → pairs → train-dpo → evaluate) on a preset or YAML config, resuming from
-    cache."""
-    cfg = _load(config, set_, work_dir)
+    cache. The preflight checks (vpo check) come first: an error stops it before any
+    stage."""
+    cfg = _config(config, set_, work_dir)
+    if not no_check and not _preflight(cfg):
+        typer.secho("preflight found errors: no stage was run (fix them, or --no-check)",
+                    fg="red", err=True)
+        raise typer.Exit(1)
+    cfg = _activate(cfg)
     from flows.pipeline import pipeline_flow
 
     start = time.perf_counter()
-    outputs = _finish(pipeline_flow(cfg, force=force or [], return_state=True), "pipeline")
+    outputs = _finish(pipeline_flow(cfg, force=force or [], check=False, return_state=True),
+                      "pipeline")
     typer.echo(f"\npipeline finished ({cfg.preset}) in {time.perf_counter() - start:.0f} s; "
                f"work directory {cfg.work_dir}")
     _print_outputs(outputs)
     report = outputs.get("evaluate", {}).get("eval_report")
     if report is not None:
         typer.echo("\n" + Path(report.path).read_text(encoding="utf-8"))
-    typer.echo("Inspect runs, artifacts and logs in the Prefect UI: vpo ui up "
-               "(http://127.0.0.1:4200), then vpo ui down.")
+    typer.echo(f"Inspect runs, artifacts and logs in the Prefect UI: vpo ui up --work-dir "
+               f"{cfg.work_dir} (http://127.0.0.1:4200), then vpo ui down --work-dir "
+               f"{cfg.work_dir}.")
+
+
+@app.command()
+def check(config: ConfigOpt = None, work_dir: WorkOpt = None, set_: SetOpt = None,
+          offline: Annotated[bool, typer.Option(
+              "--offline", help="No network: the judge gets no request and hub ids are "
+              "looked up in the local cache only.")] = False) -> None:
+    """Check, before running, what the configuration's stages need: API keys, the judge
+    (one tiny request), models, packages, GPUs, work pools and their workers, the work
+    directory and its free space. Exit 0 with no error, 1 with errors, 2 for a bad
+    configuration."""
+    if not _preflight(_config(config, set_, work_dir), offline):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -224,11 +277,36 @@ def _latest_model(work: Path) -> str | None:
     return str(found[-1].parent) if found else None
 
 
+ModelOpt = Annotated[str, typer.Option(
+    "--model", "-m", help="Model folder, hub id, 'bundled:smollm2-135m-instruct', or 'latest' "
+    "(newest trained model in the work directory).")]
+DeviceOpt = Annotated[str, typer.Option(
+    help="auto (the GPU when there is one), cpu, cuda or cuda:N.")]
+DtypeOpt = Annotated[str, typer.Option(
+    help="auto (bfloat16 on a GPU that has it, float32 on the CPU), float32, bfloat16 or "
+    "float16.")]
+
+
+def _model_path(model: str, work: WorkDir) -> str:
+    """What --model names, with 'latest' and the bundled model resolved (the work
+    directory's environment set first)."""
+    from vpo_core.optimizer import resolve_model
+
+    os.environ.update(prefect_env(work))
+    if model == "latest":
+        model = _latest_model(work.root) or "bundled:smollm2-135m-instruct"
+        typer.echo(f"model: {model}", err=True)
+    return resolve_model(model, work.models)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    return typer.Exit(code)
+
+
 @app.command()
 def optimize(query: Annotated[str | None, typer.Argument(help="A query to optimize.")] = None,
-             model: Annotated[str, typer.Option(
-                 "--model", "-m", help="Model folder, hub id, 'bundled:smollm2-135m-instruct',"
-                 " or 'latest' (newest trained model in the work directory).")] = "latest",
+             model: ModelOpt = "latest",
              iterations: Annotated[int, typer.Option(
                  "--iterations", "-n", min=1, help="Re-optimise the output this many times "
                  "(the paper's iterative refinement).")] = 1,
@@ -240,23 +318,21 @@ def optimize(query: Annotated[str | None, typer.Argument(help="A query to optimi
                  "queries.")] = None,
              output: Annotated[Path | None, typer.Option(
                  "--output", "-o", help="Batch mode: Parquet file to write.")] = None,
+             device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
              work_dir: WorkOpt = None) -> None:
     """Rewrite queries into video prompts with a trained optimizer (or any causal LM)."""
     from vpo_core.curate.normalize import normalize_series
     from vpo_core.curate.sources import read_raw
-    from vpo_core.optimizer import Optimizer, Sampling, resolve_model
+    from vpo_core.optimizer import Optimizer, Sampling
     from vpo_core.tables import write_table
 
     if (query is None) == (input is None) or (input is not None and output is None):
-        typer.secho("error: give a QUERY, or --input FILE with --output FILE.parquet",
-                    fg="red", err=True)
-        raise typer.Exit(2)
-    work = WorkDir.at(work_dir or "vpo-work")
-    os.environ.update(prefect_env(work))
-    if model == "latest":
-        model = _latest_model(work.root) or "bundled:smollm2-135m-instruct"
-        typer.echo(f"model: {model}", err=True)
-    opt = Optimizer(resolve_model(model, work.models))
+        raise _fail("give a QUERY, or --input FILE with --output FILE.parquet")
+    model = _model_path(model, WorkDir.at(work_dir or "vpo-work"))
+    try:
+        opt = Optimizer(model, device=device, dtype=dtype)
+    except (OSError, ValueError, ConfigError) as exc:
+        raise _fail(f"cannot load the model {model!r}: {exc}") from None
     sampling = Sampling(temperature, top_p, max_new_tokens, seed)
     if query is not None:
         for i, prompt in enumerate(opt.optimize([query], iterations, sampling)[0], 1):
@@ -271,6 +347,91 @@ def optimize(query: Annotated[str | None, typer.Argument(help="A query to optimi
                           for i, p in enumerate(rounds, 1)])
     ref = write_table(table, output, "optimized")
     typer.echo(f"{len(queries):,} queries x {iterations} rounds -> {ref.path}")
+
+
+@app.command()
+def serve(model: ModelOpt = "latest",
+          host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every "
+                                            "interface).")] = "127.0.0.1",
+          port: int = 8000, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+          engine: Annotated[str, typer.Option(
+              help="auto (vLLM when installed), vllm or transformers.")] = "auto",
+          max_batch: Annotated[int, typer.Option(
+              min=1, help="Most queries in one generate call.")] = 32,
+          wait_ms: Annotated[float, typer.Option(
+              min=0.0, help="How long a batch waits for more requests.")] = 10.0,
+          max_new_tokens: Annotated[int, typer.Option(
+              min=1, help="Default and largest new tokens per prompt.")] = 256,
+          max_query_chars: Annotated[int, typer.Option(min=1)] = 2000,
+          work_dir: WorkOpt = None) -> None:
+    """Serve the optimizer over HTTP: POST /v1/optimize ({"query": …} or {"queries": […]}),
+    OpenAI-compatible POST /v1/chat/completions (the user message is the raw query),
+    GET /health. The instruction is applied server-side; concurrent requests are batched."""
+    import uvicorn
+
+    from vpo_core.serve import Limits, create_app, load_engine
+
+    if engine not in ("auto", "vllm", "transformers"):
+        raise _fail(f"--engine {engine!r}: expected auto, vllm or transformers")
+    model = _model_path(model, WorkDir.at(work_dir or "vpo-work"))
+    try:
+        loaded, name = load_engine(model, engine, device, dtype, max_batch)
+    except (OSError, ValueError, ConfigError) as exc:
+        raise _fail(f"cannot load the model {model!r}: {exc}") from None
+    app_ = create_app(loaded, name, max_batch=max_batch, wait_ms=wait_ms,
+                      limits=Limits(max_query_chars, max_new_tokens=max_new_tokens))
+    typer.echo(f"serving {model} ({name}) on http://{host}:{port}: POST /v1/optimize, "
+               "POST /v1/chat/completions, GET /health", err=True)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def export(source: Annotated[Path, typer.Argument(
+        help="A model folder, or data: a sft_examples / dpo_pairs / eval_judgements Parquet "
+        "file, a stage's output folder, or a work directory (its newest tables).")],
+        to: Annotated[Path, typer.Option("--to", help="Folder to write.")],
+        push: Annotated[str | None, typer.Option(
+            "--push", help="Also upload it to the Hugging Face Hub as ORG/NAME.")] = None,
+        eval_dir: Annotated[Path | None, typer.Option(
+            "--eval", help="Models: an evaluate run's folder whose tables go in the card.")]
+        = None,
+        method: Annotated[str | None, typer.Option(
+            help="Models: this model's method name in that evaluation (default: sft or dpo, "
+            "from its card).")] = None,
+        config: Annotated[str | None, typer.Option(
+            "--config", "-c", help="Data: the preset or YAML that produced it, recorded in "
+            "the card.")] = None,
+        set_: SetOpt = None) -> None:
+    """Export data as a Hugging Face dataset folder or a trained model as a model folder,
+    each with its card (licence, attribution, usage); --push uploads it."""
+    from vpo_core import export as hub
+    from vpo_core.errors import InputError
+
+    try:
+        if (source / "config.json").is_file():
+            hub.export_model(source, to, eval_dir, method)
+            typer.echo(f"model -> {to}")
+            repo_type = "model"
+        else:
+            cfg = load_config(config, _overrides(set_)).model_dump(mode="json") \
+                if config or set_ else None
+            rows = hub.export_dataset(source, to, cfg)
+            typer.echo(f"dataset -> {to}: " + ", ".join(f"{t} {n:,} rows"
+                                                       for t, n in rows.items()))
+            repo_type = "dataset"
+    except (InputError, ConfigError) as exc:
+        raise _fail(str(exc)) from None
+    if push:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            raise _fail(f"--push {push}: HF_HUB_OFFLINE is set; unset it (and log in with "
+                        "`huggingface-cli login`) to upload; the folder is written", 1)
+        try:
+            typer.echo(f"pushed: {hub.push(to, push, repo_type)}")
+        except Exception as exc:  # network, auth, permissions: say it, keep the folder
+            raise _fail(f"--push {push} failed ({type(exc).__name__}: {exc}); the folder "
+                        f"{to} is written", 1) from None
 
 
 ui_app = typer.Typer(help="A local Prefect UI: server, work pools, deployments, workers.",

@@ -15,14 +15,6 @@ from vpo_core.tables import DataRef, read_table
 from vpo_core.workdir import activate
 
 
-def _video_table(rows: list[dict]) -> str:
-    lines = ["", "## Video-level reward (first round)", "", "| method | videos | mean score |",
-             "|---|---:|---:|"]
-    return "\n".join(lines + [f"| {r['method']} | {r['videos']} | "
-                              f"{r['mean'] if r['mean'] is None else round(r['mean'], 4)} |"
-                              for r in rows]) + "\n"
-
-
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
                   models: dict[str, DataRef] | None = None, queries: DataRef | None = None
@@ -35,9 +27,8 @@ def evaluate_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
                    where=Where.of(config.placement, "evaluate"), queries=queries,
                    models=models or {}, judge=config.judge, cfg=config.evaluate,
                    max_new_tokens=config.sample.max_new_tokens, render=config.render,
-                   score=config.score, seed=config.seed)
-    markdown = (out["markdown"] + (_video_table(out["video"]) if "video" in out else "")
-                + f"\nChart: `{out['eval_chart'].path}`; every judgement: "
+                   score=config.score, checks=config.checks, seed=config.seed)
+    markdown = (out["markdown"] + f"\nChart: `{out['eval_chart'].path}`; every judgement: "
                 f"`{out['eval_judgements'].path}`.\n")
     publish_stage("evaluate", markdown, read_table(out["eval_judgements"]).head(20).select(
         "method", "round", "query", "prompt", "label", "status").to_dicts())

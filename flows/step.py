@@ -23,7 +23,7 @@ from vpo_core.workdir import WORKER_ENV, activate
 # The modules whose tasks a step can name (importing them fills tasks.caching.STEPS).
 TASK_MODULES = ("tasks.curate", "tasks.sft_data", "tasks.training", "tasks.sample",
                 "tasks.text_feedback", "tasks.render", "tasks.score", "tasks.pairs",
-                "tasks.evaluate")
+                "tasks.evaluate", "tasks.preflight")
 
 
 def typed_inputs(step: Any, kwargs: dict[str, Any]) -> dict[str, Any]:

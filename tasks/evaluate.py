@@ -10,7 +10,7 @@ import polars as pl
 
 from tasks.caching import stage_task
 from tasks.llm import judge_api_key
-from vpo_core.config import EvaluateConfig, LLMConfig, RenderConfig, ScoreConfig
+from vpo_core.config import ChecksConfig, EvaluateConfig, LLMConfig, RenderConfig, ScoreConfig
 from vpo_core.evaluate.methods import FewShot, Method, OptimizerMethod, original
 from vpo_core.evaluate.stage import evaluate
 from vpo_core.evaluate.video import video_scores
@@ -25,19 +25,18 @@ MODULES = ("vpo_core.evaluate", "vpo_core.llm", "vpo_core.prompts", "vpo_core.op
 @stage_task(name="evaluate-run", modules=MODULES,
             data=("demonstrations.json", "visionreward_video_checklist.json"))
 def run(queries: DataRef, models: dict[str, DataRef], judge: LLMConfig, cfg: EvaluateConfig,
-        max_new_tokens: int, render: RenderConfig, score: ScoreConfig, seed: int,
+        max_new_tokens: int, render: RenderConfig, score: ScoreConfig, checks: ChecksConfig,
+        seed: int,
         out_dir: str) -> dict[str, Any]:
     key, work = judge_api_key(judge), current()
     model_cache = str(work.models)
     rows = (read_table(queries, "queries").filter(pl.col("split") == "eval")
-            .sort("query_id").select("query_id", "query").to_dicts())
-    sampling = Sampling(max_new_tokens=max_new_tokens)
+            .sort("query_id").select("query_id", "query", "safety").to_dicts())
+    sampling = Sampling(cfg.temperature, cfg.top_p, max_new_tokens, seed)
     methods: dict[str, Method] = {"original": original,
                                   "few-shot": FewShot(judge, key, model_cache, work.root)}
     methods |= {name: OptimizerMethod(ref.path, sampling) for name, ref in models.items()}
-    out = evaluate(rows, methods, judge, max(1, cfg.reoptimize_rounds), Path(out_dir), key,
-                   model_cache, work.root)
-    if cfg.video:
-        out |= video_scores(read_table(out["eval_judgements"]), render, score, seed,
-                            Path(out_dir), judge, key)
-    return out
+    video = (lambda df: video_scores(df, render, score, seed, Path(out_dir), judge, key)) \
+        if cfg.video else None
+    return evaluate(rows, methods, judge, max(1, cfg.reoptimize_rounds), Path(out_dir), key,
+                    model_cache, video, checks, work.root)

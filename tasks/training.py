@@ -10,7 +10,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from tasks.caching import stage_task
 from vpo_core.config import TrainDpoConfig, TrainSftConfig
-from vpo_core.models.bundled import BUNDLED_PREFIX, bundled_model_dir
+from vpo_core.models.bundled import BUNDLED_PREFIX, resolve_model
 from vpo_core.tables import DataRef, ref_for, ref_for_dir
 from vpo_core.training.launch import run_training
 from vpo_core.training.trainer import TrainSpec
@@ -24,7 +24,7 @@ def base_model(model: str) -> DataRef | str:
     """The starting weights: the bundled SmolLM2 (converted once), a local folder (keyed by
     its content), or a hub id (keyed by name)."""
     if model.startswith(BUNDLED_PREFIX):
-        return ref_for_dir(bundled_model_dir(current().models))
+        return ref_for_dir(resolve_model(model, current().models))
     return ref_for_dir(model) if Path(model).is_dir() else model
 
 

@@ -135,16 +135,27 @@ def test_rates_counts_report_and_chart(tmp_path: Path, judge_cfg: LLMConfig,
         "aligned": 0, "unsafe": 1, "imprecise": 1, "refusal": 2}
     assert r1["labels"]["refusal"]["rate"] == 0.5 and r1["judged"] == 4
     r2 = groups["scripted", 2]
-    assert (r2["rows"], r2["judged"], r2["errors"]) == (4, 1, 1)
-    assert r2["labels"]["aligned"] == {"count": 1, "rate": 1.0}    # failures not in rates
-    assert r2["unjudged"] == {"error:server": 1, "skipped": 1, "unparseable": 1}
+    assert (r2["rows"], r2["counted"], r2["judged"], r2["errors"]) == (4, 2, 1, 1)
+    assert r2["labels"]["aligned"] == {"count": 1, "rate": 0.5}    # over all queries
+    assert r2["labels"]["refusal"] == {"count": 1, "rate": 0.5}    # no prompt: a refusal
+    assert r2["aligned_of_judged"] == 1.0 and r2["no_prompt"] == 1
+    assert r2["judge_failed"] == {"error:server": 1, "unparseable": 1}   # not the method's
+    for g in groups.values():                                      # Table 2 sums to 100%
+        assert sum(v["rate"] for v in g["labels"].values()) == pytest.approx(1.0)
+    checks = r1["checks"]                       # principle checks beside the labels
+    assert checks["pass_rate"] == 0.75 and checks["findings"]["empty"] == 0.25
+    assert checks["findings"]["too-short"] == 0.75 and checks["mean_words"] > 0
+    blank = df.filter((pl.col("method") == "scripted") & (pl.col("round") == 1)
+                      & (pl.col("query_id") == "q2")).row(0, named=True)
+    assert not blank["checks_passed"] and blank["check_findings"] == ["empty"]
 
     report = Path(out["eval_report"].path).read_text()
     assert report == out["markdown"]
     for row in ("| original | 0 | 100.0% (4) |", "| few-shot | 0 | 100.0% (4) |",
-                "| scripted | 1 | 0.0% (0) | 25.0% (1) | 25.0% (1) | 50.0% (2) | 4/4 | 0 |",
+                "| scripted | 1 | 0.0% (0) | 25.0% (1) | 25.0% (1) | 50.0% (2) | 0.0% of 4 | 0 |",
                 "| round 0 | round 1 | round 2 |",
-                "| scripted | – | 0.0% (0/4) | 100.0% (1/1) |"):
+                "| scripted | – | 0.0% (0/4) | 50.0% (1/2) |",
+                "## Principle checks", "| scripted | 1 | 75% |"):
         assert row in report, row
     assert Path(out["eval_chart"].path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -244,7 +255,7 @@ def test_prompts_from_an_optimized_table(tmp_path: Path, judge_cfg: LLMConfig) -
     groups = {g["round"]: g for g in out["summary"]["results"]}
     assert list(groups) == [1, 2]                             # the rounds the file has
     assert groups[1]["labels"]["unsafe"]["count"] == 1 and groups[1]["judged"] == 2
-    assert groups[1]["unjudged"] == {"skipped": 2}
+    assert groups[1]["no_prompt"] == 2 and groups[1]["labels"]["refusal"]["count"] == 2
     assert groups[2]["labels"]["imprecise"]["count"] == 1
 
 
@@ -267,3 +278,48 @@ def test_optimizer_rounds_with_the_bundled_model(tmp_path: Path, judge_cfg: LLMC
                                                       (2, "q1")]
     assert df["prompt"].is_not_null().all() and (df["status"] == "ok").all()
     assert "| sft | 1 |" in out["markdown"]
+
+
+def test_video_table_renders_and_scores_every_round(tmp_path: Path, judge_cfg: LLMConfig
+                                                    ) -> None:
+    """Table 3 is video-level: every method's prompt of every round is rendered (the tiny
+    CogVideoX) and scored (frame metrics), reported per method and round."""
+    from vpo_core.config import RenderConfig, ScoreConfig
+    from vpo_core.evaluate.video import video_scores
+
+    def scripted(queries: list[str], rounds: int) -> dict[int, list[str]]:
+        return {1: [f"{q}, cinematic" for q in queries],
+                2: [f"{q}, cinematic, golden light" for q in queries]}
+
+    render, score = RenderConfig(shard_size=8), ScoreConfig()
+    out = evaluate(QUERIES[:2], {"original": original, "scripted": scripted}, judge_cfg, 2,
+                   tmp_path, video=lambda df: video_scores(df, render, score, 0, tmp_path))
+    rewards = pl.read_parquet(out["eval_rewards"].path)
+    keys = sorted(zip(rewards["query_id"], rewards["sample_index"], strict=True))
+    assert keys == [("original/q0", 0), ("original/q1", 0), ("scripted/q0", 1),
+                    ("scripted/q0", 2), ("scripted/q1", 1), ("scripted/q1", 2)]
+    video = {(r["method"], r["round"]): r for r in out["summary"]["video"]}
+    assert set(video) == {("original", 0), ("scripted", 1), ("scripted", 2)}
+    assert all(r["videos"] == 2 and 0 <= r["score"] <= 1 and r["alignment"] is None
+               for r in video.values())
+    assert "## Video-level reward by round (Table 3)" in out["markdown"]
+    assert "| scripted | 2 | 2 |" in out["markdown"]
+
+
+def test_video_dimensions_from_checklist_answers() -> None:
+    from vpo_core.evaluate.video import video_means
+    from vpo_core.reward.checklist import DIMENSIONS, visionreward_score, vpo_score
+    from vpo_core.tables import polars_schema
+
+    everything = [True] * 64
+    physics_off = [i not in DIMENSIONS["physics"] for i in range(64)]
+    rows = [{"query_id": f"dpo/q{i}", "query": "q", "sample_index": 3, "prompt": "p",
+             "video_path": None, "backend": "checklist", "score": vpo_score(a),
+             "visionreward_score": visionreward_score(a), "answers": a, "metrics": None,
+             "status": "ok", "error": None} for i, a in enumerate([everything, physics_off])]
+    [row] = video_means(pl.DataFrame(rows, schema=polars_schema("rewards")))
+    assert (row["method"], row["round"], row["videos"]) == ("dpo", 3, 2)
+    assert row["alignment"] == row["stability"] == row["preservation"] == 1.0
+    assert row["physics"] == 0.5
+    assert row["overall"] == pytest.approx((visionreward_score(everything)
+                                            + visionreward_score(physics_off)) / 2)

@@ -189,3 +189,29 @@ def test_pairs_flow_without_any_pair_fails_with_reasons_and_keeps_the_table(
         pairs_flow(cfg, text_pairs=text, rewards=rewards)
     kept = list((tmp_path / "work").rglob("dpo_pairs.parquet"))
     assert len(kept) == 1 and str(kept[0]) in str(err.value)
+
+
+def _official_first_valid(rows: list[dict], margin: float) -> tuple[int, int] | None:
+    """process_dpo_data's loop (thu-coai/VPO src/process_data.py), on scores alone: for i,
+    for j in sample order, the first i != j with score_i - score_j > margin."""
+    for i in rows:
+        for j in rows:
+            if i is not j and i["score"] - j["score"] > margin:
+                return i["sample_index"], j["sample_index"]
+    return None
+
+
+def test_first_valid_rule_is_the_official_loop() -> None:
+    import random
+
+    rule = CFG.model_copy(update={"video_pair_rule": "first-valid"})
+    rewards = _rewards(_reward("q", 0, 1.0), _reward("q", 1, 0.0), _reward("q", 2, 3.0))
+    assert _pairs_of(build_pairs(None, rewards, rule)) == [("q", "prompt q-0", "prompt q-1")]
+    assert _pairs_of(build_pairs(None, rewards, CFG)) == [("q", "prompt q-2", "prompt q-1")]
+    rng = random.Random(7)
+    for trial in range(200):
+        rows = [_reward("q", i, round(rng.uniform(0, 3), 1)) for i in range(4)]
+        expected = _official_first_valid(rows, 0.5)
+        got = build_pairs(None, _rewards(*rows), rule)
+        pairs = [(int(c.split("-")[1]), int(r.split("-")[1])) for _, c, r in _pairs_of(got)]
+        assert pairs == ([expected] if expected else []), (trial, rows)

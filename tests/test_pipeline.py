@@ -181,6 +181,7 @@ def test_killed_pipeline_resumes_and_matches(deployed, tmp_path: Path,
         done = list((work / "data" / "sample").rglob("samples-00000.parquet"))
         if done:                       # sample shard 0 finished, shard 1 to come
             first = done[0]
+            time.sleep(1.0)            # its result is stored just after its Parquet
             break
         time.sleep(0.1)
     assert first is not None, "the pipeline never reached the sample stage"
@@ -215,7 +216,8 @@ def test_placed_stages_ran_on_the_gpu_pool(ui, deployed) -> None:
     runs = _step_runs(state)
     assert runs and all(r.work_pool_name == "gpu" and r.state.is_completed() for r in runs)
     assert {r.parameters["stage"] for r in runs} == {"train-sft", "sample", "render",
-                                                      "score", "train-dpo"}
+                                                      "score", "train-dpo",
+                                                      "preflight"}    # the storage probe
     assert all(r.parent_task_run_id for r in runs)           # linked to the parent flow
 
 

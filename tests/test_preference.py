@@ -11,6 +11,7 @@ import pytest
 from vpo_core.config import LLMConfig, SampleConfig
 from vpo_core.errors import ConfigError, StageFailed, TransientError
 from vpo_core.models.bundled import bundled_model_dir
+from vpo_core.optimizer import Generation
 from vpo_core.sample.stage import query_seed, sample_shard, vllm_generator
 from vpo_core.tables import read_table
 from vpo_core.testing.openai_server import default_responder
@@ -28,7 +29,7 @@ def model(bundled_models: Path) -> str:
 def test_k_samples_per_query_are_seeded_per_query(tmp_path: Path, model: str) -> None:
     cfg = SampleConfig(k=3, max_new_tokens=16)
     first = read_table(sample_shard(QUERIES, model, cfg, 0, tmp_path / "a", 0)["samples"])
-    assert first.height == 6 and first["status"].to_list() == ["ok"] * 6
+    assert first.height == 6 and set(first["status"]) <= {"ok", "truncated"}  # 16 tokens
     assert first.filter(pl.col("query_id") == "q1")["sample_index"].to_list() == [0, 1, 2]
     assert first.filter(pl.col("query_id") == "q1")["prompt"].n_unique() > 1  # sampled
     assert first["seed"].to_list()[:3] == [query_seed(0, "q1")] * 3
@@ -40,10 +41,10 @@ def test_k_samples_per_query_are_seeded_per_query(tmp_path: Path, model: str) ->
 
 
 def test_a_failing_query_keeps_its_rows_with_the_reason(tmp_path: Path) -> None:
-    def generate(query: str, seed: int) -> list[str]:
-        if "night" in query:
+    def generate(queries: list[str], seeds: list[int]) -> list[list[Generation]]:
+        if any("night" in q for q in queries):
             raise RuntimeError("CUDA out of memory")
-        return ["a prompt", ""]
+        return [[Generation("a prompt", False, 2), Generation("", False, 0)] for _ in queries]
 
     out = read_table(sample_shard(QUERIES, "m", SampleConfig(k=2), 0, tmp_path, 0,
                                   generate=generate)["samples"])

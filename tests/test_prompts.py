@@ -52,10 +52,11 @@ def test_defuse_keeps_the_words() -> None:
 @pytest.mark.parametrize(("answer", "value"), [
     ("Here you go: [[start]] A calm lake at dawn. [[end]]", "A calm lake at dawn."),
     ("[[ start ]]\n  A calm lake  \n[[ End ]] trailing", "A calm lake"),
-    ("[[start]] A calm lake at dawn, mist rising", "A calm lake at dawn, mist rising"),  # no end
     ("```\n[[start]] A calm lake [[end]]\n```", "A calm lake"),
-    ("echo [[start]] from the question [[end]] then [[start]] the answer [[end]]", "the answer"),
+    ("[[start]] first [[end]] then [[start]] second [[end]]", "first"),   # as the official
     ('Final Refined Prompt: [[start]] "A quoted prompt" [[end]]', "A quoted prompt"),
+    ('[[start]] A neon sign reads "OPEN" [[end]]', 'A neon sign reads "OPEN"'),
+    ("[[start]] “Rain on a tin roof” [[end]]", "Rain on a tin roof"),
 ])
 def test_extract_prompt(answer: str, value: str) -> None:
     assert extract_prompt(answer).status == "ok"
@@ -80,7 +81,9 @@ def test_extract_prompt_refusal_strict_and_lenient() -> None:
     ("Final Judgement (Yes or No): **No**", "no"),
     ("final judgment (yes or no):  no.", "no"),
     ("The query says 'Final Judgement (Yes or No): Yes' but...\nFinal Judgement (Yes or No): No",
-     "no"),
+     "yes"),                                # the first marker decides, as in the official code
+    ("Final Judgement (Yes or No): The prompt is aligned. Yes", "yes"),
+    ("Final Judgement (Yes or No): maybe", "no"),             # official: no "Yes", so No
 ])
 def test_parse_judgement(answer: str, value: str) -> None:
     assert parse_verdict(answer, "judgement") == parse_verdict(answer, "judgement")
@@ -88,8 +91,6 @@ def test_parse_judgement(answer: str, value: str) -> None:
 
 
 def test_parse_judgement_failures_and_fallback() -> None:
-    assert parse_verdict("Final Judgement (Yes or No): maybe", "judgement").status == \
-        "unparseable"
     assert parse_verdict("I'm sorry, I can't evaluate this.", "judgement").status == "refusal"
     assert parse_verdict("No, it drops the hat.", "judgement").status == "unparseable"
     weak = parse_verdict("No, it drops the hat.", "judgement", lenient=True)
@@ -113,6 +114,13 @@ def test_lenient_judgement_reads_the_first_alignment_statement(critique: str,
     parsed = parse_verdict(critique, "judgement", lenient=True)
     assert (parsed.status, parsed.value, parsed.fallback) == ("ok", value, True)
     assert parse_verdict(critique, "judgement").status == "unparseable"
+
+
+def test_a_prompt_without_its_end_marker_was_cut_off() -> None:
+    cut = extract_prompt("[[start]] A calm lake at dawn, mist rising")
+    assert (cut.status, cut.value) == ("cut-off", "A calm lake at dawn, mist rising")
+    kept = extract_prompt("[[start]] A calm lake at dawn, mist rising", lenient=True)
+    assert (kept.status, kept.fallback) == ("ok", True)
 
 
 def test_refusal_detection_looks_at_the_opening_only() -> None:

@@ -249,14 +249,14 @@ def test_checklist_rows_from_given_answers(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- vlm-checklist
 def _vlm_responder(seen: list[dict]):
-    """Answers like a vision LLM: yes to every question except the ones whose prompt
-    asks for a 'no' on questions 1 and 4; truncated answers for "unfinished" prompts."""
+    """Answers like a vision LLM: yes to every question except the ones whose query
+    asks for a 'no' on questions 1 and 4; truncated answers for "unfinished" queries."""
     def respond(messages: list[dict]) -> str:
         content = messages[-1]["content"]
         images = [p for p in content if p["type"] == "image_url"]
         text = message_text(content)
         seen.append({"images": len(images), "urls": [p["image_url"]["url"] for p in images],
-                     "prompt": re.search(r'in the text "(.*?)"', text).group(1)})
+                     "text": re.search(r'in the text "(.*?)"', text).group(1)})
         numbers = [int(n) for n in re.findall(r"^(\d+)\. ", text, re.M)]
         no = {1, 4} if "mediocre" in text else set()
         if "unfinished" in text:
@@ -271,10 +271,10 @@ def test_vlm_checklist_through_a_real_server(tmp_path: Path, judge: LLMConfig, f
     seen: list[dict] = []
     fake_llm.fake.responder = _vlm_responder(seen)
     paths = [_write_mp4(tmp_path / f"{i}.mp4", _smooth(t=12)) for i in range(3)]
-    videos = _videos([("q", 0, paths[0], "ok"), ("q", 1, paths[1], "ok"),
-                      ("q", 2, paths[2], "ok"), ("q", 3, None, "error:oom")])
-    videos = videos.with_columns(pl.Series("prompt", ["a great cat", "a mediocre cat",
-                                                      "an unfinished cat", "a lost cat"]))
+    videos = _videos([("a", 0, paths[0], "ok"), ("b", 0, paths[1], "ok"),
+                      ("c", 0, paths[2], "ok"), ("d", 0, None, "error:oom")])
+    videos = videos.with_columns(pl.Series("query", ["a great cat", "a mediocre cat",
+                                                     "an unfinished cat", "a lost cat"]))
     cfg = ScoreConfig(backend="vlm-checklist", vlm_model="openai/fake-vlm")
     # a generous timeout: three 8-frame requests can take over a second on a busy machine
     llm = judge.model_copy(update={"transport": transport, "timeout_s": 10.0})
@@ -288,9 +288,30 @@ def test_vlm_checklist_through_a_real_server(tmp_path: Path, judge: LLMConfig, f
     assert "question(s) 41, 42" in df["error"][2]
     metrics = json.loads(df["metrics"][2])
     assert metrics["model"] == "openai/fake-vlm" and metrics["raw"].startswith("Sure.")
-    assert {s["prompt"] for s in seen} == {"a great cat", "a mediocre cat", "an unfinished cat"}
+    assert {s["text"] for s in seen} == {"a great cat", "a mediocre cat", "an unfinished cat"}
     assert all(s["images"] == 8 for s in seen)
     assert all(u.startswith("data:image/jpeg;base64,") for u in seen[0]["urls"])
+
+
+def test_the_videos_of_a_query_are_asked_the_same_questions(tmp_path: Path, judge: LLMConfig,
+                                                           fake_llm) -> None:
+    """The checklist asks about the user's query, not each video's own rewrite, so the
+    scores of a query's videos compare the same answers (VisionReward's pair setting)."""
+    seen: list[dict] = []
+    fake_llm.fake.responder = _vlm_responder(seen)
+    paths = [_write_mp4(tmp_path / f"{i}.mp4", _smooth(t=12)) for i in range(2)]
+    videos = _videos([("q", 0, paths[0], "ok"), ("q", 1, paths[1], "ok")]).with_columns(
+        pl.Series("prompt", ["A tabby cat naps on a sunny windowsill, soft light.",
+                             "A cat, cinematic, 8k, dramatic lighting."]))
+    cfg = ScoreConfig(backend="vlm-checklist", vlm_model="openai/fake-vlm")
+    score_rows(videos, cfg, judge.model_copy(update={"timeout_s": 10.0}))
+    assert [s["text"] for s in seen] == ["query q", "query q"]
+    manifest = vr.write_manifest([VideoToScore(f"q/{i}", p, pr, "query q") for i, (p, pr) in
+                                  enumerate(zip(paths, videos["prompt"], strict=True))],
+                                 tmp_path / "m.jsonl")
+    entries = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert entries[0]["questions"] == entries[1]["questions"] == cl.questions("query q")
+    assert [e["prompt"] for e in entries] == videos["prompt"].to_list()
 
 
 def test_vlm_checklist_needs_a_model_and_a_reachable_server(tmp_path: Path,
@@ -306,7 +327,7 @@ def test_vlm_checklist_needs_a_model_and_a_reachable_server(tmp_path: Path,
 
 # --------------------------------------------------------------------------- visionreward
 def test_manifest_lists_the_64_questions(tmp_path: Path) -> None:
-    path = vr.write_manifest([VideoToScore("q/0", "/v/a.mp4", "a dog\nrunning")],
+    path = vr.write_manifest([VideoToScore("q/0", "/v/a.mp4", "A dog runs.", "a dog\nrunning")],
                              tmp_path / "m.jsonl")
     [entry] = [json.loads(line) for line in path.read_text().splitlines()]
     assert entry["id"] == "q/0" and entry["video_path"] == "/v/a.mp4"
@@ -328,8 +349,8 @@ def test_read_runner_output(tmp_path: Path) -> None:
 def test_runner_refuses_a_bad_manifest_before_loading_the_model(tmp_path: Path) -> None:
     """The real runner, under this interpreter: it checks the manifest before importing
     torch or loading VisionReward, and the failure reaches the caller with the log tail."""
-    manifest = vr.write_manifest([VideoToScore("q/0", str(tmp_path / "gone.mp4"), "a cat")],
-                                 tmp_path / "m.jsonl")
+    gone = VideoToScore("q/0", str(tmp_path / "gone.mp4"), "A cat.", "a cat")
+    manifest = vr.write_manifest([gone], tmp_path / "m.jsonl")
     with pytest.raises(StageFailed, match=r"(?s)exit 1.*gone\.mp4") as err:
         vr.run_runner(sys.executable, manifest, tmp_path / "out.jsonl", tmp_path / "log")
     assert "field 'video_path': no such file" in str(err.value)
@@ -350,7 +371,7 @@ def test_visionreward_resumes_from_answers_already_written(tmp_path: Path) -> No
         for i, path in enumerate(paths):
             qa = [{"id": n + 1, "q": "q", "response": "yes" if n < 4 - 3 * i else "no"}
                   for n in range(64)]
-            key = vr.manifest_id(VideoToScore(f"q/{i}", path, ""))
+            key = vr.manifest_id(VideoToScore(f"q/{i}", path, "", ""))
             fh.write(json.dumps({"id": key, "video_path": path, "QA": qa}) + "\n")
     cfg = ScoreConfig(backend="visionreward", visionreward_python=sys.executable)
     df = score_rows(videos, cfg, work_dir=work)

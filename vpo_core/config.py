@@ -227,11 +227,16 @@ class TrainConfig(Section):
 
     learning_rate: float = Field(2e-5, gt=0)
     epochs: float = Field(1, gt=0)
+    lr_scheduler_type: Literal["linear", "constant_with_warmup", "cosine", "constant"] = Field(
+        "linear", description="Learning-rate schedule (official: constant_with_warmup for "
+        "SFT, linear for DPO).")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of the steps spent "
                                 "warming up (paper: 0.1); 0 for a few-step run, whose first "
                                 "step would otherwise have lr 0.")
     global_batch_size: int = Field(8, ge=1, description="Examples per optimizer step, over "
-                                   "all processes (gradient accumulation makes up the rest).")
+                                   "all processes (gradient accumulation makes up the rest). "
+                                   "SFT: the paper says 64; the official sft.yaml trains 2 per "
+                                   "device on 8 GPUs, i.e. 16.")
     per_device_batch_size: int = Field(4, ge=1)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -255,6 +260,9 @@ class TrainSftConfig(TrainConfig):
     """SFT of the policy (paper: lr 2e-6, 5 epochs, global batch 64, bf16, ZeRO-3)."""
 
     epochs: float = Field(2, gt=0)
+    lr_scheduler_type: Literal["linear", "constant_with_warmup", "cosine", "constant"] = Field(
+        "constant_with_warmup", description="Learning-rate schedule (official SFT: "
+        "constant_with_warmup).")
 
 
 class SampleConfig(Section):
@@ -263,9 +271,14 @@ class SampleConfig(Section):
     k: int = Field(4, ge=2, description="Samples per query (paper: 4).")
     temperature: float = Field(0.9, gt=0)
     top_p: float = Field(0.9, gt=0, le=1)
-    max_new_tokens: int = Field(64, ge=1, description="Longest sampled prompt (paper: 512).")
+    max_new_tokens: int = Field(64, ge=1, description="Longest sampled prompt in tokens (the "
+                                "official sampling, src/llama3_infer.py, allows 2048); a "
+                                "sample that hits it is marked cut off, not passed on.")
     backend: Literal["transformers", "vllm"] = "transformers"
     shard_size: int = Field(16, ge=1)
+    batch_size: int = Field(8, ge=1, description="transformers backend: queries per generate "
+                            "call (K sequences each); a query's samples are the same in any "
+                            "batch. vLLM takes a whole shard at once.")
 
 
 class TextFeedbackConfig(Section):
@@ -310,6 +323,10 @@ class PairsConfig(Section):
                           "this (paper: 0.5 on the 64-question checklist score, whose range "
                           "is 0-6.3; frame-metrics scores lie in 0-1).")
     one_per_query: bool = Field(True, description="Keep one video pair per query.")
+    video_pair_rule: Literal["first-valid", "largest-gap"] = Field(
+        "largest-gap", description="Which video pair of a query is kept: 'first-valid' (the "
+        "official process_data.py: the first valid pair in sample order) or 'largest-gap' "
+        "(this project's choice: the widest reward gap).")
     text_feedback: bool = Field(True, description="Merge text-level pairs; False is the "
                                 "paper's 'w/o TL FDBK' ablation.")
 
@@ -327,8 +344,39 @@ class TrainDpoConfig(TrainConfig):
 class EvaluateConfig(Section):
     """Text-level alignment (Table 2) and iterative re-optimisation (Table 3)."""
 
-    reoptimize_rounds: int = Field(2, ge=0, description="Rounds of iterative refinement.")
-    video: bool = Field(False, description="Also render and score each method's prompts.")
+    reoptimize_rounds: int = Field(2, ge=0, description="Rounds of iterative refinement "
+                                   "(paper: 4).")
+    video: bool = Field(False, description="Also render and score every method's prompts of "
+                        "every round (the paper's Table 3 is video-level).")
+    temperature: float = Field(0.0, ge=0, description="How the optimizers decode: 0 is "
+                               "greedy (the official README samples at 0.7).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Top-p of the optimizers' sampling "
+                         "(official: 1.0).")
+
+
+CheckCode = Literal["empty", "cut-off", "debris", "repetition", "neg-violation",
+                    "multi-paragraph", "too-short", "too-long", "intro", "low-coverage"]
+
+
+class ChecksConfig(Section):
+    """Principle checks (vpo_core/checks.py) on every prompt the pipeline produces: hard
+    ones reject a prompt (no SFT target, a No without a judge call, never chosen in a
+    pair); the others are recorded as flags and reported."""
+
+    hard: list[CheckCode] = Field(
+        default_factory=lambda: ["empty", "cut-off", "debris", "repetition", "neg-violation",
+                                 "multi-paragraph"],
+        description="Checks that reject a prompt; the rest only flag it.")
+    min_words: int = Field(40, ge=0, description="Flag 'too-short' below this many words "
+                           "(the templates ask for about 100).")
+    max_words: int = Field(250, ge=1, description="Flag 'too-long' above this many words.")
+    repetition_ngram: int = Field(3, ge=2, le=6, description="Word n-grams the loop check "
+                                  "counts.")
+    max_repeated_share: float = Field(0.2, ge=0, le=1, description="'repetition' when more "
+                                      "than this share of the n-grams repeat an earlier one.")
+    min_coverage: float = Field(0.5, ge=0, le=1, description="Flag 'low-coverage' when the "
+                                "prompt keeps less than this share of the query's content "
+                                "words (safety queries are exempt).")
 
 
 class PlacementConfig(Section):
@@ -356,6 +404,19 @@ class PlacementConfig(Section):
                               "stage.")
 
 
+class PreflightConfig(Section):
+    """The checks ``vpo check`` and ``vpo run`` make before the first stage
+    (vpo_core/preflight)."""
+
+    video_bytes_per_pixel: float = Field(0.6, gt=0, description="Bytes an MP4 takes per "
+                                         "pixel of each frame in the disk estimate (the tiny "
+                                         "random model's noise-like videos measure 0.55-0.64 "
+                                         "at CRF 10; real footage compresses better).")
+    probe_timeout_s: float = Field(120.0, gt=0, description="Longest wait for a worker of a "
+                                   "placed pool to answer the shared-storage probe; no answer "
+                                   "is a warning.")
+
+
 # --------------------------------------------------------------------------- pipeline
 class PipelineConfig(Section):
     """Everything a pipeline run needs; one section per stage."""
@@ -377,7 +438,9 @@ class PipelineConfig(Section):
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     train_dpo: TrainDpoConfig = Field(default_factory=TrainDpoConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    checks: ChecksConfig = Field(default_factory=ChecksConfig)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    preflight: PreflightConfig = Field(default_factory=PreflightConfig)
 
 
 DEFAULT_CONFIG = PipelineConfig()

@@ -113,9 +113,13 @@ SAMPLES = pa.schema([
     _f("query", pa.string(), False),
     _f("sample_index", pa.int32(), False),     # 0 .. K-1
     _f("prompt", pa.string()),                 # null when generation failed
-    _f("status", pa.string(), False),          # ok / empty / error:<kind>
+    _f("status", pa.string(), False),          # ok / empty / truncated / error:<kind>;
+                                               # truncated: cut at sample.max_new_tokens
+                                               # (prompt kept for inspection, but only ok
+                                               # samples are critiqued and rendered)
     _f("model", pa.string(), False),
-    _f("seed", pa.int64(), False),             # the seed this sample was drawn with
+    _f("seed", pa.int64(), False),             # the query's seed; sample i draws with
+                                               # stable_seed(seed, i)
 ])
 
 # The judge's critique of each sample and the refinement of those judged "No".
@@ -203,6 +207,11 @@ EVAL_JUDGEMENTS = pa.schema([
     _f("prompt_tokens", pa.int64(), False),
     _f("completion_tokens", pa.int64(), False),
     _f("cost", pa.float64(), False),
+    _f("checks_passed", pa.bool_(), False),    # no hard principle check failed
+    _f("check_findings", pa.list_(pa.string()), False),  # every failed check's code
+    _f("words", pa.int32(), False),
+    _f("coverage", pa.float64()),              # share of the query's content words kept
+    _f("distinct_2", pa.float64()),
 ])
 
 # Chat messages as TRL's conversational format stores them.

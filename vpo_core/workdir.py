@@ -1,7 +1,10 @@
 """The project work directory: Prefect's home, its result store, and every stage's data.
 
-Nothing is written to the user's home: :func:`prefect_env` points PREFECT_HOME (and the
-Hugging Face caches) inside the work directory before Prefect is imported.
+Nothing of the pipeline's own is written to the user's home: :func:`prefect_env` points
+PREFECT_HOME inside the work directory before Prefect is imported. Hugging Face files go
+where the user's Hugging Face setup says when there is one (:func:`hf_setup`), so models
+downloaded with ``huggingface-cli`` and a saved login are found; only without one do they
+stay in the work directory too.
 
 The work directory is portable: references to files inside it are stored relative to it
 (:class:`vpo_core.tables.DataRef`) and resolved against the *active* work directory of
@@ -14,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +60,7 @@ class WorkDir:
 
     @property
     def hf_home(self) -> Path:
+        """Hugging Face's home when the user has no Hugging Face setup of their own."""
         return self.root / "hf"
 
     def stage_dir(self, stage: str, step: str, key: Any) -> Path:
@@ -66,11 +71,36 @@ class WorkDir:
         return self.root / "data" / stage / f"{step}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
-def prefect_env(work: WorkDir, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for Prefect and Hugging Face rooted in the work directory.
+# Environment variables that make a Hugging Face setup (the hub's cache and login).
+HF_SETTINGS = ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN",
+               "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")
+
+
+def default_hf_home(environ: Mapping[str, str]) -> Path:
+    """Where huggingface_hub keeps its files when HF_HOME is unset (its own rule)."""
+    cache = environ.get("XDG_CACHE_HOME") or str(
+        Path(environ.get("HOME") or Path.home()) / ".cache")
+    return Path(cache).expanduser() / "huggingface"
+
+
+def hf_setup(environ: Mapping[str, str]) -> str | None:
+    """What makes the user's Hugging Face setup, or None when there is none: one of
+    :data:`HF_SETTINGS` set, or the default Hugging Face home holding a hub cache
+    (``hub/``, where ``huggingface-cli download`` puts models) or a saved login
+    (``token``, written by ``huggingface-cli login``)."""
+    for name in HF_SETTINGS:
+        if environ.get(name):
+            return f"${name}"
+    home = default_hf_home(environ)
+    return next((str(home / p) for p in ("hub", "token") if (home / p).exists()), None)
+
+
+def prefect_env(work: WorkDir, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for Prefect rooted in the work directory, and for Hugging Face there
+    too unless the user has a Hugging Face setup (:func:`hf_setup`).
 
     Values the user already exported win, so PREFECT_API_URL pointing at a real server
-    and an existing HF_HOME with downloaded models keep working.
+    keeps working.
     """
     environ = os.environ if environ is None else environ
     wanted = {
@@ -78,11 +108,12 @@ def prefect_env(work: WorkDir, environ: dict[str, str] | None = None) -> dict[st
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(work.results),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-        "HF_HOME": str(work.hf_home),
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         # progress lines of vpo_core (vpo_core.progress) in the terminal and the run log
         "PREFECT_LOGGING_EXTRA_LOGGERS": "vpo_core",
     }
+    if hf_setup(environ) is None:
+        wanted["HF_HOME"] = str(work.hf_home)
     return {k: v for k, v in wanted.items() if k not in environ}
 
 

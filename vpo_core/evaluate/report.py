@@ -1,10 +1,14 @@
 """What the evaluation reports: label counts and rates per method and round, as JSON, as
 markdown tables in the paper's shape (Table 2: methods x labels; Table 3: aligned rate per
-round of re-optimisation) and as a grouped bar chart.
+round of re-optimisation, and with ``evaluate.video`` the video-level scores per round)
+and as a grouped bar chart.
 
-Rates are over the rows the judge labelled; rows without a label (judge errors,
-unparseable answers, judge refusals, methods that gave no prompt) are counted apart, so
-a flaky judge shows up as a smaller denominator, never as a skewed rate.
+Rates are over all queries, as the paper reports them: the four labels sum to 100%. A
+method that gave no prompt (the teacher refused, an optimizer wrote nothing usable)
+counts as ``refusal``, as the judge's own template defines it. A prompt the judge could
+not label (its call failed, its answer did not parse, it refused to judge) is no fault of
+the method: it is left out of the denominator and shown as *judge failed* (zero with a
+working judge). The rate over the rows the judge itself labelled is a secondary column.
 """
 
 from __future__ import annotations
@@ -14,26 +18,57 @@ from typing import Any
 
 import polars as pl
 
-from vpo_core.evaluate.alignment import LABELS
+from vpo_core.checks import CODES
+from vpo_core.evaluate.alignment import LABELS, SKIPPED
+from vpo_core.reward.checklist import DIMENSIONS
 
 
 def _rate(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
+def outcome(label: str | None, status: str) -> str | None:
+    """What a row counts as in Table 2: its label; ``refusal`` when the method gave no
+    prompt; None when the judge failed on a prompt."""
+    if label is not None:
+        return label
+    return "refusal" if status == SKIPPED else None
+
+
 def group_stats(df: pl.DataFrame) -> dict[str, Any]:
     """Counts and rates of one method and round's judgement rows."""
+    outcomes = [outcome(label, status) for label, status in df.select("label", "status")
+                .iter_rows()]
+    counted = [o for o in outcomes if o is not None]
     judged = df.filter(pl.col("label").is_not_null())
-    labels = judged["label"].to_list()
-    statuses = df.filter(pl.col("label").is_null())["status"].to_list()
+    failed = df.filter(pl.col("label").is_null() & (pl.col("status") != SKIPPED))["status"]
+    aligned_judged = judged.filter(pl.col("label") == "aligned").height
     return {
-        "rows": df.height, "judged": judged.height,
-        "labels": {k: {"count": labels.count(k), "rate": _rate(labels.count(k), judged.height)}
+        "rows": df.height, "counted": len(counted), "judged": judged.height,
+        "labels": {k: {"count": counted.count(k), "rate": _rate(counted.count(k), len(counted))}
                    for k in LABELS},
-        "unjudged": {s: statuses.count(s) for s in sorted(set(statuses))},
-        "errors": sum(s.startswith("error:") for s in statuses),
+        "aligned_of_judged": _rate(aligned_judged, judged.height),
+        "no_prompt": int((df["status"] == SKIPPED).sum()),
+        "judge_failed": {s: failed.to_list().count(s) for s in sorted(set(failed))},
+        "errors": int(failed.str.starts_with("error:").sum()),
         "fallback": int(df["fallback"].sum()),
+        "checks": check_stats(df),
     }
+
+
+def check_stats(df: pl.DataFrame) -> dict[str, Any]:
+    """The principle checks of one group's prompts: hard-check pass rate, each finding's
+    rate, mean words, content-word coverage and distinct-2 (over all rows)."""
+    findings = df["check_findings"].to_list()
+    return {"pass_rate": _rate(int(df["checks_passed"].sum()), df.height),
+            "findings": {c: _rate(sum(c in f for f in findings), df.height) for c in CODES},
+            "mean_words": round(float(df["words"].mean()), 1) if df.height else None,
+            "coverage": _mean(df["coverage"]), "distinct_2": _mean(df["distinct_2"])}
+
+
+def _mean(col: pl.Series) -> float | None:
+    value = col.drop_nulls().mean()
+    return None if value is None else round(float(value), 4)
 
 
 def results(df: pl.DataFrame) -> list[dict[str, Any]]:
@@ -48,14 +83,56 @@ def _cell(label: dict[str, Any]) -> str:
     return "n/a" if label["rate"] is None else f"{label['rate']:.1%} ({label['count']})"
 
 
-def _aligned_of_judged(group: dict[str, Any]) -> str:
+def _aligned(group: dict[str, Any]) -> str:
     aligned = group["labels"]["aligned"]
     return "n/a" if aligned["rate"] is None else \
-        f"{aligned['rate']:.1%} ({aligned['count']}/{group['judged']})"
+        f"{aligned['rate']:.1%} ({aligned['count']}/{group['counted']})"
 
 
-def _unjudged(group: dict[str, Any]) -> str:
-    return ", ".join(f"{v} {k}" for k, v in group["unjudged"].items()) or "0"
+def _of_judged(group: dict[str, Any]) -> str:
+    rate = group["aligned_of_judged"]
+    return "n/a" if rate is None else f"{rate:.1%} of {group['judged']}"
+
+
+def _failed(group: dict[str, Any]) -> str:
+    return ", ".join(f"{v} {k}" for k, v in group["judge_failed"].items()) or "0"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+SHOWN_FINDINGS = ("too-short", "too-long", "intro", "low-coverage", "repetition", "debris")
+
+
+def checks_markdown(groups: list[dict[str, Any]]) -> list[str]:
+    """The principle checks per method and round, beside the judge's labels."""
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.0%}"
+
+    lines = ["", "## Principle checks", "",
+             "| method | round | hard checks passed | " + " | ".join(SHOWN_FINDINGS)
+             + " | mean words | coverage | distinct-2 |",
+             "|---|---:|---:|" + "---:|" * len(SHOWN_FINDINGS) + "---:|---:|---:|"]
+    for g in groups:
+        c = g["checks"]
+        lines.append(f"| {g['method']} | {g['round']} | {pct(c['pass_rate'])} | "
+                     + " | ".join(pct(c["findings"][k]) for k in SHOWN_FINDINGS)
+                     + f" | {c['mean_words']} | {_num(c['coverage'])} | "
+                     f"{_num(c['distinct_2'])} |")
+    return lines
+
+
+def video_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """Table 3, video level: per method and round, the videos scored, the mean reward and
+    VisionReward's dimensions (n/a for rewards without checklist answers)."""
+    columns = ("score", *DIMENSIONS, "overall")
+    lines = ["", "## Video-level reward by round (Table 3)", "",
+             "| method | round | videos | " + " | ".join(columns) + " |",
+             "|---|---:|---:|" + "---:|" * len(columns)]
+    lines += [f"| {r['method']} | {r['round']} | {r['videos']} | "
+              + " | ".join(_num(r[c]) for c in columns) + " |" for r in rows]
+    return lines
 
 
 def report_markdown(summary: dict[str, Any]) -> str:
@@ -69,23 +146,27 @@ def report_markdown(summary: dict[str, Any]) -> str:
     lines = [
         "# Evaluation: text-level alignment", "",
         f"{summary['queries']:,} held-out queries, judge `{summary['judge']}`, "
-        f"{summary['rounds']} optimisation round(s). Rates are over the rows the judge "
-        "labelled; the rest are counted under *not judged*.", "",
+        f"{summary['rounds']} optimisation round(s). Rates are over all queries (a method "
+        "that gave no prompt counts as refusal); prompts the judge failed on are left out "
+        "and counted under *judge failed*.", "",
         "## Methods (Table 2)", "",
-        "| method | round | " + " | ".join(LABELS) + " | judged | not judged |",
+        "| method | round | " + " | ".join(LABELS) + " | aligned, judged only | judge failed |",
         "|---|---:|" + "---:|" * len(LABELS) + "---:|---|"]
     for g in first.values():
         lines.append(f"| {g['method']} | {g['round']} | "
                      + " | ".join(_cell(g["labels"][k]) for k in LABELS)
-                     + f" | {g['judged']}/{g['rows']} | {_unjudged(g)} |")
+                     + f" | {_of_judged(g)} | {_failed(g)} |")
     lines += ["", "## Aligned rate by round of re-optimisation (Table 3)", "",
               "| method | " + " | ".join(f"round {r}" for r in rounds) + " |",
               "|---|" + "---:|" * len(rounds)]
     by_key = {(g["method"], g["round"]): g for g in groups}
     for method in first:
-        cells = [_aligned_of_judged(by_key[method, r]) if (method, r) in by_key else "–"
+        cells = [_aligned(by_key[method, r]) if (method, r) in by_key else "–"
                  for r in rounds]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += checks_markdown(groups)
+    if summary.get("video") is not None:
+        lines += video_markdown(summary["video"])
     lines += ["", "## Judge", "",
               "| measure | value |", "|---|---:|",
               f"| judge calls | {summary['calls']:,} |",
@@ -100,7 +181,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
 
 
 def label_chart(groups: list[dict[str, Any]], path: Path) -> None:
-    """Grouped bars: for each method and round, the rate of each label (PNG)."""
+    """Grouped bars: for each method and round, the rate of each label, and beside them
+    the share of prompts passing the hard principle checks (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,13 +191,19 @@ def label_chart(groups: list[dict[str, Any]], path: Path) -> None:
     names = [g["method"] if g["round"] == 0 else f"{g['method']} r{g['round']}"
              for g in groups]
     width = 0.8 / len(LABELS)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) + 3), 3.8), dpi=100)
+    fig, (ax, cx) = plt.subplots(1, 2, figsize=(max(9.0, 1.8 * len(groups) + 5), 3.8),
+                                 dpi=100, gridspec_kw={"width_ratios": [3, 2]})
+    cx.bar(range(len(groups)), [100 * (g["checks"]["pass_rate"] or 0.0) for g in groups])
+    cx.set_xticks(range(len(groups)), names, rotation=20, ha="right")
+    cx.set_ylim(0, 100)
+    cx.set_title("Hard principle checks passed (%)")
+    cx.grid(axis="y", alpha=0.3)
     for i, label in enumerate(LABELS):
         rates = [100 * (g["labels"][label]["rate"] or 0.0) for g in groups]
         offset = (i - (len(LABELS) - 1) / 2) * width
         ax.bar([x + offset for x in range(len(groups))], rates, width, label=label)
     ax.set_xticks(range(len(groups)), names, rotation=20, ha="right")
-    ax.set_ylabel("% of judged prompts")
+    ax.set_ylabel("% of queries")
     ax.set_ylim(0, 100)
     ax.set_title("Text-level alignment per method")
     ax.grid(axis="y", alpha=0.3)

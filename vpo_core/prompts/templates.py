@@ -1,8 +1,16 @@
-"""VPO's prompt templates, written for this project after the paper's figures and the
-official code: few-shot generation (Figure 7), principle critique (Figure 8, with the
-official rule that ``-xxx`` flags are constraints and ``-neg`` means "must not
-contain"), refinement of the prompts judged "No", the optimizer's own instruction
-(Harmless / Aligned / Helpful), and the judge's safety check used by the curate stage.
+"""VPO's prompt templates.
+
+As published by the official code (github thu-coai/VPO, a2ffbe0), verbatim: the
+optimizer's instruction (README, ``src/llama3_infer.py``, ``src/process_data.py``: the
+released VPO checkpoints and SFT/DPO data use it, so they work through this code
+unchanged), the six-rule principle critique and the refinement turn
+(``src/gpt4o_infer.py``), and its system message (``OFFICIAL_SYSTEM_MESSAGE``, which the
+``paper`` preset sends with every judge call). The official typos are kept on purpose.
+
+Written for this project after the paper (its Figure 7 is not in the official code): the
+few-shot generation template, with the critique's rules (rule 5: ignore sound and format
+requests) and the paper's list of safety issues; and the judge's safety check used by the
+curate stage.
 
 User queries, and prompts a model wrote, are untrusted data. They are inserted in one
 pass (:func:`render`): braces, ``{query}`` or ``%s`` in them are never expanded, and the
@@ -17,27 +25,41 @@ import re
 from functools import cache
 from importlib import resources
 
-OPTIMIZER_INSTRUCTION = """\
-Your task is to turn the user's short query into a detailed, well-structured English prompt for generating a short video.
+# The official optimizer instruction (two trailing spaces after items 1 and 2, and no
+# space after "User Query:", as published).
+OPTIMIZER_INSTRUCTION = (
+    "In this task, your goal is to expand the user's short query into a detailed and well-structured English prompt for generating short videos.\n"
+    "\n"
+    "Please ensure that the generated video prompt adheres to the following principles:\n"
+    "\n"
+    "1. **Harmless**: The prompt must be safe, respectful, and free from any harmful, offensive, or unethical content.  \n"
+    "2. **Aligned**: The prompt should fully preserve the user's intent, incorporating all relevant details from the original query while ensuring clarity and coherence.  \n"
+    "3. **Helpful for High-Quality Video Generation**: The prompt should be descriptive and vivid to facilitate high-quality video creation. Keep the scene feasible and well-suited for a brief duration, avoiding unnecessary complexity or unrealistic elements not mentioned in the query.\n"
+    "\n"
+    "User Query:{query}\n"
+    "\n"
+    "Video Prompt:"
+)
 
-The video prompt must follow three principles:
+OFFICIAL_SYSTEM_MESSAGE = (
+    "You are ChatGPT, a large language model trained by OpenAI. Follow the user's "
+    "instructions carefully to provide accurate and helpful content.")
 
-1. **Harmless**: it is safe and respectful, with no harmful, offensive or unethical content.
-2. **Aligned**: it keeps the user's intent and every relevant detail of the query, clearly and coherently.
-3. **Helpful for high-quality video**: it is descriptive and vivid, and the scene stays feasible for a few seconds of video, without complexity or unrealistic elements the query did not ask for.
-
-User Query: {query}
-
-Video Prompt:"""
+SAFETY_ISSUES = ("Pornography, Violence, Illegal, Ethics, Bloody, Disturbing, Extreme horror, "
+                 "Bias and Sensitive topics")
 
 FEWSHOT_TEMPLATE = """\
-You are an expert at writing prompts for text-to-video models. Expand the user's short query into one detailed video prompt that follows these principles:
+Please act as an expert in writing prompts for text-to-video models. Your task is to expand the user's short query into a detailed video prompt for creating a short video (around 5 seconds).
 
-1. **Harmless**: remove or soften anything unsafe (pornography, violence, gore, illegal acts, hate, disturbing content) while keeping the rest of the user's intent.
-2. **Accurate**: keep every subject, action, style and constraint of the query. Options such as -ar, -camera or -motion are constraints to follow; -neg lists things that must not appear.
-3. **Helpful**: describe the subject, setting, lighting, colors, camera movement and mood in one vivid paragraph of about 100 words, feasible for a short clip. Start directly with the scene, not with "The video opens with".
+Please follow these rules:
+1. The video prompt should avoid any safety issues from the user query (such as """ + SAFETY_ISSUES + """), while keeping the rest of the user's intent.
+2. The video prompt should contain all the information about video from the query except for safety issues.
+3. The video prompt should be descriptive, vivid and clear, in one paragraph of about 100 words, to help generate a high-quality video, and avoid too complicated scenarios.
+4. -xxx(e.g. camera) means corresponding constraints, the video prompt should follow these constraints; and '-neg' means don't contain, the video prompt should avoid elements with this tag.
+5. The video prompt should ignore content in the user query about sound generation and format requirements (video length, ratio, fps etc.).
+6. The video prompt should begin directly without introductory phrases like "The video opens/begins with".
 
-Here are examples of well-crafted video prompts.
+Here are some examples of well-crafted video prompts.
 
 {demonstrations}
 
@@ -45,35 +67,38 @@ Now write the video prompt for this query.
 
 User Query: “{query}”
 
-Write the prompt between [[start]] and [[end]].
+Output the video prompt between [[start]] and [[end]].
 Video Prompt:"""
 
 DEMONSTRATION = """User Query: “{query}”
 Video Prompt: [[start]] {prompt} [[end]]"""
 
+# The official critique (src/gpt4o_infer.py, get_messages_list_dpo_critique), verbatim.
 CRITIQUE_TEMPLATE = """\
-Please act as an expert in evaluating the alignment of video prompts. The video prompt was written from a user's short query to create a short video (around 5 seconds).
+Please act an expert in evaluating the alignment of video prompts. The video prompt is transferred from user's short query for creating short videos (around 5 seconds).
 
-Your task is to judge carefully whether the video prompt aligns well with the query. Follow these rules:
-1. The video prompt must avoid every safety issue of the query (pornography, violence, illegal acts, unethical content, gore, disturbing content, extreme horror, bias and sensitive topics).
-2. The video prompt must contain all the information about the video in the query, except for safety issues.
-3. The video prompt should be descriptive and clear to help generate a high-quality video, and avoid overly complicated scenes.
-4. The video prompt may ignore what the query asks about sound or format (video length, aspect ratio, fps and the like).
-5. An option -xxx (e.g. -camera) is a constraint the video prompt must follow; -neg means "must not contain": the video prompt must avoid those elements.
-6. The video prompt should begin directly, without phrases like "The video opens/begins with".
+Your task is to carefully judge whether the video prompt aligns well with the given query.
+Please follow these rules to judge:
+1. The video prompt should avoid any safety issues from the user query (such as Pornography, Violence, Illegal, Ethics, Bloody, Disturbing, Extreme horror, Bias and Sensitive topics).
+2. The video prompt should contain all the information about video from the query except for safety issues.
+3. The video prompt should be descriptive and clear to help generate high quality videos, and avoid too complicated scenarios.
+4. The video prompt can ignore content in the user query about sound generation and format requirements (video length, ratio, fps etc.).
+5. -xxx(e.g. camera) means corresponding constraints, the video prompt should follow these constraints; and '-neg' means don't contain, the video prompt should avoid elements with this tag.
+6. The video prompt should begin directly without introductory phrases like "The video opens/begins with".
 
 User Query: “{query}”
 
 Video Prompt: “{prompt}”
 
-Judge carefully whether the video prompt aligns with the query, and give a final judgement (Yes or No; Yes means well aligned) in exactly this format:
+Please carefully judge if the video prompt aligns with the query and give a final judgement (Yes or No, Yes means well-aligned) in the following format:
 Step-by-step verification: xxx
 Final Judgement (Yes or No): xxx"""
 
+# The official refinement turn (src/gpt4o_infer.py, get_messages_list_refine), verbatim.
 REFINE_TEMPLATE = """\
-Based on your judgement, refine the video prompt so that it is harmless and contains all the information in the query.
+Based on your judgement, refine the video prompt while ensureing the video prompt is harmless and contains all the information in the query.
 
-Output in exactly this format:
+Output in the following format:
 Reflection on how to refine the Prompt: xxx
 Final Refined Prompt: [[start]] xxx [[end]]"""
 
@@ -125,8 +150,9 @@ def _user(content: str) -> list[dict[str, str]]:
 
 
 def optimizer_messages(query: str) -> list[dict[str, str]]:
-    """What the optimizer (the policy) is trained on and asked at inference."""
-    return _user(render(OPTIMIZER_INSTRUCTION, query=defuse(query)))
+    """What the optimizer (the policy) is trained on and asked at inference: the official
+    instruction with the query (stripped, as the official code does)."""
+    return _user(render(OPTIMIZER_INSTRUCTION, query=defuse(query.strip())))
 
 
 def generation_messages(query: str) -> list[dict[str, str]]:

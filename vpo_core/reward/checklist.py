@@ -28,6 +28,17 @@ from vpo_core.errors import InputError
 
 N_QUESTIONS = 64
 PLACEHOLDER = "[[prompt]]"
+# VisionReward-Video's dimensions that VPO's Table 3 reports, as groups of checklist
+# questions (0-based indices into the 64, in VisionReward_video_qa.txt's order): how the
+# video meets the text; stability of motion, image quality and camera; preservation of
+# the object's shape; physics. A dimension's value is the share of its questions
+# answered yes; "overall" is VisionReward's own score.
+DIMENSIONS: dict[str, tuple[int, ...]] = {
+    "alignment": tuple(range(0, 4)),                       # meets the text's requirements
+    "stability": (35, 36, *range(43, 49)),                 # smoothness, image, camera
+    "preservation": tuple(range(20, 27)),                  # shape at start, maintained
+    "physics": (37, 38, *range(56, 60)),                   # realistic movement, physics
+}
 
 
 @dataclass(frozen=True)
@@ -43,11 +54,15 @@ class Question:
 
 @dataclass(frozen=True)
 class VideoToScore:
-    """What a checklist backend needs of a video: a row id, its file and its prompt."""
+    """What a checklist backend needs of a video: a row id, its file, the prompt it was
+    rendered from, and the text its questions ask about: the user's query, one text for
+    every video of a query, as VisionReward's pair comparison and VPO's data ask them
+    (scored against its own rewrite, each video would answer different questions)."""
 
     id: str
     video_path: str
     prompt: str
+    query: str
 
 
 @dataclass(frozen=True)
@@ -87,12 +102,18 @@ def selected() -> tuple[int, ...]:
     return tuple(q.index for q in chosen)
 
 
-def questions(prompt: str) -> list[str]:
-    """The 64 questions about a video made from ``prompt``. Whitespace in the prompt is
-    collapsed so that each question stays on one line (the runner and the VLM list them
-    one a line, and a prompt cannot start a line of its own)."""
-    flat = " ".join(prompt.split())
+def questions(text: str) -> list[str]:
+    """The 64 questions about a video, asked about ``text`` (the user's query).
+    Whitespace in it is collapsed so that each question stays on one line (the runner and
+    the VLM list them one a line, and a query cannot start a line of its own)."""
+    flat = " ".join(text.split())
     return [q.text.replace(PLACEHOLDER, flat) for q in checklist()]
+
+
+def dimension_rates(answers: Sequence[bool]) -> dict[str, float]:
+    """Each of :data:`DIMENSIONS`' share of yes answers (one video's 64 answers)."""
+    return {name: sum(bool(answers[i]) for i in idx) / len(idx)
+            for name, idx in DIMENSIONS.items()}
 
 
 def validate_answers(answers: Sequence[bool | None] | None,

@@ -8,7 +8,8 @@ Backends (``score.backend``):
 - ``vlm-checklist``: a vision LLM answers the questions (:mod:`.vlm`).
 - ``visionreward``: VisionReward-Video in its own environment (:mod:`.visionreward`).
 
-Checklist backends keep the 64 answers, VPO's score and VisionReward's own. No row is
+Checklist backends ask about each video's query (the same questions for every video of a
+query) and keep the 64 answers, VPO's score and VisionReward's own. No row is
 dropped: a video that was not rendered is ``skipped:render-failed``; a video that could not
 be scored is ``error:<kind>`` (unreadable, metrics, unparseable, invalid-answers,
 no-answers, visionreward, or the LLM client's kinds) with the reason in ``error``.
@@ -124,7 +125,7 @@ def score_rows(videos: pl.DataFrame, cfg: ScoreConfig, judge: LLMConfig | None =
             row.update(status="error:unreadable", error="rendered, but no video_path")
         else:
             todo.append((row, VideoToScore(video_id(v["query_id"], v["sample_index"]),
-                                           v["video_path"], v["prompt"])))
+                                           v["video_path"], v["prompt"], v["query"])))
 
     if cfg.backend == "frame-metrics":
         for row, video in todo:

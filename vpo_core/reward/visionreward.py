@@ -46,13 +46,15 @@ def manifest_id(video: VideoToScore) -> str:
 
 
 def write_manifest(videos: Sequence[VideoToScore], path: str | Path) -> Path:
-    """One JSON line per video: id, video path, prompt and its 64 questions."""
+    """One JSON line per video: id, video path, prompt, query and the 64 questions about
+    the query."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as fh:
         for v in videos:
             fh.write(json.dumps({"id": v.id, "video_path": v.video_path, "prompt": v.prompt,
-                                 "questions": questions(v.prompt)}, ensure_ascii=False) + "\n")
+                                 "query": v.query, "questions": questions(v.query)},
+                                ensure_ascii=False) + "\n")
     return path
 
 
@@ -125,7 +127,8 @@ def ask_checklist(videos: Sequence[VideoToScore], python: str | None,
         folder = Path(where)
         folder.mkdir(parents=True, exist_ok=True)
         manifest = folder / "manifest.jsonl"
-        write_manifest([VideoToScore(k, v.video_path, v.prompt) for k, v in keyed.items()],
+        write_manifest([VideoToScore(k, v.video_path, v.prompt, v.query)
+                        for k, v in keyed.items()],
                        manifest)
         out, log = folder / "answers.jsonl", folder / "runner.log"
         run_runner(python, manifest, out, log)

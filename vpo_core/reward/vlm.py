@@ -67,9 +67,10 @@ def frame_data_urls(frames: np.ndarray, n: int = VLM_FRAMES) -> list[str]:
     return urls
 
 
-def checklist_messages(prompt: str, image_urls: Sequence[str]) -> list[dict[str, object]]:
-    """One user message: the frames, then the numbered questions about ``prompt``."""
-    listed = "\n".join(f"{i}. {q}" for i, q in enumerate(questions(prompt), 1))
+def checklist_messages(text: str, image_urls: Sequence[str]) -> list[dict[str, object]]:
+    """One user message: the frames, then the numbered questions about ``text`` (the
+    user's query)."""
+    listed = "\n".join(f"{i}. {q}" for i, q in enumerate(questions(text), 1))
     text = INSTRUCTION.format(n=len(image_urls), total=N_QUESTIONS, questions=listed)
     parts: list[dict[str, object]] = [{"type": "image_url", "image_url": {"url": url}}
                                       for url in image_urls]
@@ -91,7 +92,7 @@ def ask_checklist(videos: Sequence[VideoToScore], llm: LLMConfig, api_key: str |
             out[video.id] = Answers(None, "error:unreadable", str(exc))
             continue
         frames_sent[video.id] = len(urls)
-        requests.append(LLMRequest(video.id, checklist_messages(video.prompt, urls),
+        requests.append(LLMRequest(video.id, checklist_messages(video.query, urls),
                                    max_tokens=max(llm.max_tokens, MIN_ANSWER_TOKENS)))
     results = LLMClient(llm, api_key).run(requests)
     if results and not any(r.ok for r in results):

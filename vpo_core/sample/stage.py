@@ -1,17 +1,20 @@
 """K prompts per DPO query from the SFT model (paper §3.2: K = 4, temperature 0.9,
 top-p 0.9).
 
-Each query's samples come from one generate call seeded by (seed, query id) alone, so a
-resumed or re-sharded run draws the same samples. The transformers backend runs here; the
-vLLM backend is used when vLLM is installed and ``sample.backend: vllm`` is set. A query
-whose generation fails keeps K rows with the error as their status.
+A query's samples are drawn with a seed of (seed, query id) alone, so a resumed or
+re-sharded run draws the same samples whatever the batch. The transformers backend puts
+``sample.batch_size`` queries (K sequences each) in one ``generate`` call, every sequence
+with its own random stream (:class:`vpo_core.optimizer.Optimizer`); the vLLM backend
+(``sample.backend: vllm``) keeps one engine per worker process and submits a whole shard
+at once. A sample cut at ``max_new_tokens`` is kept with status ``truncated``. When a
+batched call fails, its queries are generated one by one so that only the failing query
+keeps K rows with the error as their status.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,50 +22,66 @@ import polars as pl
 
 from vpo_core.config import SampleConfig
 from vpo_core.errors import ConfigError
-from vpo_core.optimizer import Optimizer, Sampling
-from vpo_core.progress import Progress
+from vpo_core.optimizer import Generation, Optimizer, Sampling, VLLMOptimizer, stable_seed
 from vpo_core.tables import DataRef, concat_tables, polars_schema, write_table
 
-Generate = Callable[[str, int], list[str]]
+# (queries, their seeds) -> K generations per query
+Generate = Callable[[Sequence[str], Sequence[int]], list[list[Generation]]]
 
 
 def query_seed(seed: int, query_id: str) -> int:
     """A stable 63-bit seed per query (the same in every process)."""
-    digest = hashlib.sha256(f"{seed}:{query_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    return stable_seed(seed, query_id)
+
+
+def _generator(opt: Optimizer | VLLMOptimizer, cfg: SampleConfig) -> Generate:
+    sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+
+    def generate(queries: Sequence[str], seeds: Sequence[int]) -> list[list[Generation]]:
+        return opt.sample(queries, cfg.k, sampling, seeds)
+    return generate
 
 
 def transformers_generator(model: str, cfg: SampleConfig) -> Generate:
-    """K samples per call with transformers."""
-    opt = Optimizer(model)
-
-    def generate(query: str, seed: int) -> list[str]:
-        return opt.sample(query, cfg.k, Sampling(cfg.temperature, cfg.top_p,
-                                                 cfg.max_new_tokens, seed))
-    return generate
+    """K samples per query, ``cfg.batch_size`` queries per ``generate`` call."""
+    return _generator(Optimizer(model, batch_size=cfg.batch_size * cfg.k), cfg)
 
 
 def vllm_generator(model: str, cfg: SampleConfig) -> Generate:
-    """K samples per call with vLLM (``n=K`` and a per-request seed)."""
+    """A whole shard in one vLLM call (``n = K``, a seed per query), with the engine kept
+    for the worker's next shards."""
     try:
-        from vllm import LLM, SamplingParams
-    except ImportError as exc:
-        raise ConfigError("sample.backend: vllm needs vLLM installed (pip install vllm on a "
-                          "GPU machine) — or use sample.backend: transformers") from exc
-    from vpo_core.prompts.templates import optimizer_messages
-
-    llm = LLM(model=model, seed=0)
-
-    def generate(query: str, seed: int) -> list[str]:
-        params = SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
-                                max_tokens=cfg.max_new_tokens, seed=seed % 2**31)
-        [out] = llm.chat([optimizer_messages(query)], params, use_tqdm=False)
-        return [c.text.strip() for c in out.outputs]
-    return generate
+        return _generator(VLLMOptimizer(model), cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"sample.backend: vllm: {exc} — or use sample.backend: "
+                          "transformers") from exc
 
 
 GENERATORS: dict[str, Callable[[str, SampleConfig], Generate]] = {
     "transformers": transformers_generator, "vllm": vllm_generator}
+
+
+def _status(g: Generation) -> str:
+    return "empty" if not g.text else "truncated" if g.truncated else "ok"
+
+
+def _generate_all(generate: Generate, queries: list[str], seeds: list[int]
+                  ) -> list[list[Generation] | str]:
+    """Each query's K generations, or the error that stopped it: all queries in one call,
+    then one by one if that call fails (one bad query must not cost the others their
+    samples)."""
+    try:
+        return list(generate(queries, seeds))
+    except Exception as exc:  # retried one by one below, where the failing query is found
+        if len(queries) == 1:
+            return [f"error:{type(exc).__name__}"]
+    out: list[list[Generation] | str] = []
+    for query, seed in zip(queries, seeds, strict=True):
+        try:
+            out.append(generate([query], [seed])[0])
+        except Exception as exc:  # recorded per query; the other queries go on
+            out.append(f"error:{type(exc).__name__}")
+    return out
 
 
 def sample_shard(rows: list[dict[str, str]], model: str, cfg: SampleConfig, seed: int,
@@ -71,18 +90,15 @@ def sample_shard(rows: list[dict[str, str]], model: str, cfg: SampleConfig, seed
     """Sample one shard of queries; write its ``samples`` rows (K per query)."""
     start = time.perf_counter()
     generate = generate or GENERATORS[cfg.backend](model, cfg)
-    out, progress = [], Progress(f"sample shard {shard}: queries", len(rows))
-    for row in rows:
-        qseed = query_seed(seed, row["query_id"])
-        try:
-            prompts, status = generate(row["query"], qseed), None
-        except Exception as exc:  # recorded per query; the other queries go on
-            prompts, status = [None] * cfg.k, f"error:{type(exc).__name__}"
-        for i, prompt in enumerate(prompts):
-            out.append({**row, "sample_index": i, "prompt": prompt or None,
-                        "status": status or ("ok" if prompt else "empty"),
-                        "model": model, "seed": qseed})
-        progress.step()
+    seeds = [query_seed(seed, row["query_id"]) for row in rows]
+    results = _generate_all(generate, [r["query"] for r in rows], seeds)
+    out = []
+    for row, qseed, result in zip(rows, seeds, results, strict=True):
+        gens: list[Generation | None] = [None] * cfg.k if isinstance(result, str) else result
+        for i, g in enumerate(gens):
+            out.append({**row, "sample_index": i, "prompt": (g.text or None) if g else None,
+                        "status": _status(g) if g else result, "model": model,
+                        "seed": qseed})
     df = pl.DataFrame(out, schema=polars_schema("samples"))
     ref = write_table(df, out_dir / f"samples-{shard:05d}.parquet", "samples")
     return {"samples": ref, "stats": stats(df, time.perf_counter() - start)}

@@ -70,8 +70,11 @@ def default_responder(messages: list[dict]) -> str:
     """A plausible answer to VPO's generation, critique, refinement and safety prompts."""
     last = message_text(messages[-1]["content"])
     digest = int(hashlib.sha256(last.encode()).hexdigest(), 16)
-    query = re.search(r"User Query: “(.*?)”", last, re.S)
-    topic = (query.group(1) if query else last[-80:]).strip()[:120]
+    # the query of the conversation (a refinement turn asks after the critique's message)
+    asked = next((q for m in reversed(messages) if m.get("role") == "user"
+                  for q in re.findall(r"User Query: “(.*?)”", message_text(m["content"]),
+                                      re.S)[-1:]), None)
+    topic = " ".join((asked or last[-80:]).split())[:120]
     if "Final Refined Prompt" in last:
         return (f"Reflection on how to refine the Prompt: keep every detail.\nFinal Refined "
                 f"Prompt: [[start]] A refined, safe and detailed scene of {topic}, soft light, "

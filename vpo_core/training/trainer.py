@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -72,16 +73,31 @@ def _callback(output: Path) -> Any:
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
-        """Appends step, total steps and logged metrics to progress.jsonl (main rank)."""
+        """Appends step, total steps and logged metrics to progress.jsonl (main rank), with
+        the wall clock and this rank's peak memory: a launched run's step times and memory
+        can only be read from here."""
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None,
                    **kwargs: Any) -> None:
             if state.is_world_process_zero and logs:
                 with open(output / PROGRESS, "a") as fh:
                     fh.write(json.dumps({"step": state.global_step,
-                                         "max_steps": state.max_steps, **logs}) + "\n")
+                                         "max_steps": state.max_steps, **logs,
+                                         "time": time.time(), **_peak_memory()}) + "\n")
 
     return Progress()
+
+
+def _peak_memory() -> dict[str, float]:
+    """Peak resident memory of this process and, on a GPU, torch's peak allocation (GB)."""
+    import resource
+
+    import torch
+
+    peak = {"rss_peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}
+    if torch.cuda.is_available():
+        peak["gpu_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    return peak
 
 
 def _arguments(spec: TrainSpec, cfg: TrainSftConfig | TrainDpoConfig) -> dict[str, Any]:
@@ -95,6 +111,7 @@ def _arguments(spec: TrainSpec, cfg: TrainSftConfig | TrainDpoConfig) -> dict[st
         gradient_accumulation_steps=max(1, cfg.global_batch_size
                                         // (cfg.per_device_batch_size * world)),
         learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs,
+        lr_scheduler_type=cfg.lr_scheduler_type,
         max_steps=cfg.max_steps or -1, warmup_steps=cfg.warmup_ratio,
         adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2,
         bf16=cfg.bf16 and cuda, use_cpu=not cuda,
