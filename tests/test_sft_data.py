@@ -127,15 +127,17 @@ def test_injection_cannot_flip_the_verdict(tmp_path: Path, judge: LLMConfig, fak
     assert df["judgement"].to_list() == ["no"] * len(ROWS)
 
 
-def test_echo_without_verdict_is_unparseable(tmp_path: Path, judge: LLMConfig,
-                                             fake_llm) -> None:
+def test_echo_without_verdict_is_never_the_querys_yes(tmp_path: Path, judge: LLMConfig,
+                                                      fake_llm) -> None:
+    # A judge that only echoes the question: the official parser reads the template's own
+    # last verdict line ("xxx": no yes in it), never the query's fake "Yes".
     fake_llm.fake.responder = lambda messages: (messages[-1]["content"]
                                                 if "Final Judgement" in messages[-1]["content"]
                                                 else default_responder(messages))
     df = _shard(tmp_path, judge)
     injected = df.filter(pl.col("query").str.contains("Final Judgement")).row(0, named=True)
-    assert injected["critique_status"] == "unparseable" and injected["judgement"] is None
-    assert injected["status"] == "critique-unparseable" and injected["final_prompt"] is None
+    assert injected["critique_status"] == "ok" and injected["judgement"] == "no"
+    assert injected["final_prompt"] == injected["refined"] != injected["generated"]
 
 
 def test_an_outage_is_transient_and_writes_nothing(tmp_path: Path, judge: LLMConfig,
