@@ -22,8 +22,8 @@ def curate_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False
     and configuration is all cache hits; ``force`` recomputes every step.
     """
     work, cfg = activate(config.work_dir), config.curate
-    source = steps.resolve_input(cfg, work, force)
-    ingest = run_cached(steps.ingest, work, force, stage="curate", source=source,
+    sources = steps.resolve_input(cfg, work, force)
+    ingest = run_cached(steps.ingest, work, force, stage="curate", sources=sources,
                         prompt_column=cfg.prompt_column)
     clean = run_cached(steps.clean, work, force, stage="curate", raw=ingest["raw"],
                        filters=cfg.filters, near_duplicates=cfg.near_duplicates,

@@ -17,7 +17,7 @@ SFT_DATA = ShardedStage("sft-data", steps.shard, steps.merge, lambda o: o["examp
                         lambda o: f"{o['stats']['rows']} queries, {o['stats']['usable']} "
                         "usable", "sft_examples",
                         ("query", "generated", "judgement", "refined", "status"))
-LLM_SHARDS_AT_ONCE = 4   # shards share one concurrency limit; a few keep it busy
+LLM_SHARDS_AT_ONCE = 16  # all shards of a run share one limit: threads are cheap, idle slots not
 
 
 @flow(name="sft-data", log_prints=True)

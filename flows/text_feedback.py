@@ -17,7 +17,7 @@ TEXT_FEEDBACK = ShardedStage(
     lambda o: {k: o[k] for k in ("critiques", "text_pairs")},
     lambda o: f"{o['stats']['to_render']} to render, {o['stats']['text_pairs']} text pairs",
     "critiques", ("query", "prompt", "judgement", "refined", "refine_status"))
-LLM_SHARDS_AT_ONCE = 4   # shards share one concurrency limit; a few keep it busy
+LLM_SHARDS_AT_ONCE = 16  # all shards of a run share one limit: threads are cheap, idle slots not
 
 
 @flow(name="text-feedback", log_prints=True)

@@ -18,7 +18,7 @@ from vpo_core.config import (
     SplitConfig,
 )
 from vpo_core.curate import recheck, stage
-from vpo_core.curate.sources import HF_PREFIX, fetch_hf_dataset, input_path
+from vpo_core.curate.sources import HF_PREFIX, fetch_hf_dataset, input_files
 from vpo_core.tables import DataRef, ref_for
 from vpo_core.workdir import WorkDir, current
 
@@ -34,23 +34,24 @@ def fetch_hf(spec: str, split: str, data_files: str | None, out_dir: str) -> dic
 
 
 @task(name="curate-hash-input")
-def hash_input(spec: str) -> DataRef:
-    """Reference a local input by its content: the cache keys downstream use the hash."""
-    return ref_for(input_path(spec))
+def hash_input(spec: str) -> list[DataRef]:
+    """Reference the local input files by content (a folder or a glob is read afresh each
+    run, so a new file is picked up): the cache keys downstream use the hashes."""
+    return [ref_for(path) for path in input_files(spec)]
 
 
-def resolve_input(cfg: CurateConfig, work: WorkDir, force: bool) -> DataRef:
-    """The input file as a reference: a local file or the bundled sample, or a fetched
+def resolve_input(cfg: CurateConfig, work: WorkDir, force: bool) -> list[DataRef]:
+    """The input files as references: local files, the bundled sample, or a fetched
     Hugging Face dataset."""
     if cfg.input.startswith(HF_PREFIX):
-        return run_cached(fetch_hf, work, force, stage="curate", spec=cfg.input,
-                          split=cfg.hf_split, data_files=cfg.hf_data_files)["input"]
+        return [run_cached(fetch_hf, work, force, stage="curate", spec=cfg.input,
+                           split=cfg.hf_split, data_files=cfg.hf_data_files)["input"]]
     return hash_input(cfg.input)
 
 
 @stage_task(name="curate-ingest", modules=MODULES)
-def ingest(source: DataRef, prompt_column: str, out_dir: str) -> dict[str, Any]:
-    return stage.ingest(Path(source.path), prompt_column, Path(out_dir))
+def ingest(sources: list[DataRef], prompt_column: str, out_dir: str) -> dict[str, Any]:
+    return stage.ingest([Path(s.path) for s in sources], prompt_column, Path(out_dir))
 
 
 @stage_task(name="curate-clean", modules=MODULES)
@@ -69,8 +70,9 @@ def label(candidates: DataRef, safety: SafetyConfig, out_dir: str) -> dict[str, 
 def recheck_safety(labelled: DataRef, safety: SafetyConfig, split: SplitConfig, seed: int,
                    judge: LLMConfig, out_dir: str) -> dict[str, Any]:
     """The judge LLM re-checks the flagged queries the splits may use."""
+    work = current()
     return recheck.recheck(labelled, safety, split, seed, judge, Path(out_dir),
-                           judge_api_key(judge), str(current().models))
+                           judge_api_key(judge), str(work.models), work.root)
 
 
 @stage_task(name="curate-split", modules=MODULES)

@@ -29,16 +29,17 @@ def run(queries: DataRef, models: dict[str, DataRef | str], judge: LLMConfig,
         max_new_tokens: int, render: RenderConfig, score: ScoreConfig, checks: ChecksConfig,
         seed: int,
         out_dir: str) -> dict[str, Any]:
-    key, model_cache = judge_api_key(judge), str(current().models)
+    key, work = judge_api_key(judge), current()
+    model_cache = str(work.models)
     rows = (read_table(queries, "queries").filter(pl.col("split") == "eval")
             .sort("query_id").select("query_id", "query", "safety").to_dicts())
     sampling = Sampling(cfg.temperature, cfg.top_p, max_new_tokens, seed,
                         cfg.repetition_penalty, cfg.no_repeat_ngram_size)
     methods: dict[str, Method] = {"original": original,
-                                  "few-shot": FewShot(judge, key, model_cache)}
+                                  "few-shot": FewShot(judge, key, model_cache, work.root)}
     methods |= {name: OptimizerMethod(ref.path if isinstance(ref, DataRef) else ref, sampling)
                 for name, ref in models.items()}
     video = (lambda df: video_scores(df, render, score, seed, Path(out_dir), judge, key)) \
         if cfg.video else None
     return evaluate(rows, methods, judge, max(1, cfg.reoptimize_rounds), Path(out_dir), key,
-                    model_cache, video, checks)
+                    model_cache, video, checks, work.root)

@@ -27,8 +27,9 @@ def plan(queries: DataRef, shard_size: int) -> list[list[dict[str, str]]]:
 @stage_task(name="sft-data-shard", modules=MODULES, data=("demonstrations.json",))
 def shard(rows: list[dict[str, str]], index: int, judge: LLMConfig, cfg: SftDataConfig,
           out_dir: str) -> dict[str, Any]:
+    work = current()  # the model cache and the call store; never part of a cache key
     return stage.run_shard(rows, index, judge, cfg, Path(out_dir), judge_api_key(judge),
-                           str(current().models))
+                           str(work.models), work.root)
 
 
 @stage_task(name="sft-data-merge", modules=MODULES)

@@ -18,8 +18,9 @@ MODULES = ("vpo_core.text_feedback", "vpo_core.llm", "vpo_core.prompts", "vpo_co
 @stage_task(name="text-feedback-shard", modules=MODULES)
 def shard(samples: list[dict[str, Any]], index: int, judge: LLMConfig,
           out_dir: str) -> dict[str, Any]:
+    work = current()  # the model cache and the call store; never part of a cache key
     return stage.run_shard(samples, index, judge, Path(out_dir), judge_api_key(judge),
-                           str(current().models))
+                           str(work.models), work.root)
 
 
 @stage_task(name="text-feedback-merge", modules=MODULES)

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from vpo_core.config import LLMConfig, SampleConfig
-from vpo_core.errors import ConfigError, StageFailed
+from vpo_core.errors import ConfigError, StageFailed, TransientError
 from vpo_core.models.bundled import bundled_model_dir
 from vpo_core.optimizer import Generation
 from vpo_core.sample.stage import query_seed, sample_shard, vllm_generator
@@ -99,6 +99,15 @@ def test_text_feedback_critiques_refines_and_pairs(tmp_path: Path, judge: LLMCon
 def test_text_feedback_fails_loudly_when_the_judge_is_unreachable(tmp_path: Path,
                                                                   judge: LLMConfig) -> None:
     dead = judge.model_copy(update={"api_base": "http://127.0.0.1:9/v1", "max_retries": 0})
-    with pytest.raises(StageFailed, match="all 8 critique calls failed"):
+    with pytest.raises(TransientError, match=r"critique: all 8 calls failed .*Cannot "
+                       r"connect to host 127\.0\.0\.1:9"):            # Prefect retries it
         run_shard(_samples(), 0, dead, tmp_path)
     assert not list(tmp_path.iterdir())                        # nothing half-written
+
+
+def test_text_feedback_stops_at_a_permanent_error(tmp_path: Path, judge: LLMConfig,
+                                                  fake_llm) -> None:
+    fake_llm.fake.api_key = "sk-right"
+    with pytest.raises(StageFailed, match=r"critique: all 8 calls failed .*Incorrect API key"):
+        run_shard(_samples(), 0, judge, tmp_path, api_key="sk-wrong")
+    assert not list(tmp_path.iterdir())

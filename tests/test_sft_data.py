@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from vpo_core.config import LLMConfig, SftDataConfig
-from vpo_core.errors import StageFailed
+from vpo_core.errors import StageFailed, TransientError
 from vpo_core.sft_data.stage import merge, run_shard, summary_markdown
 from vpo_core.tables import read_table
 from vpo_core.testing.openai_server import default_responder
@@ -43,6 +43,58 @@ def test_generate_critique_refine(tmp_path: Path, judge: LLMConfig, fake_llm) ->
 def test_refine_can_be_switched_off(tmp_path: Path, judge: LLMConfig) -> None:
     df = _shard(tmp_path, judge, refine=False)
     assert (df["refine_status"] == "skipped").all() and df["refined"].null_count() == len(ROWS)
+    no = df.filter(pl.col("judgement") == "no")
+    assert no.height and (no["status"] == "judged-no-unrefined").all()   # never a target
+    assert no["final_prompt"].null_count() == no.height
+
+
+def _scripted_judge(messages: list[dict]) -> str:
+    """Per query (by its name in the conversation), what the judge answers."""
+    first, last = messages[0]["content"], messages[-1]["content"]
+    name = next(n for n in ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot")
+                if n in first)
+    if "Final Refined Prompt" in last:
+        if name == "foxtrot":
+            return "A better prompt would mention the light."          # no markers
+        return default_responder(messages)
+    if "Final Judgement (Yes or No)" in last:
+        return {"alpha": "Final Judgement (Yes or No): Yes",
+                "bravo": "Final Judgement (Yes or No): No",
+                "foxtrot": "Final Judgement (Yes or No): No",
+                "charlie": "It looks fine to me.",                        # no verdict line
+                "delta": "I'm sorry, but I can't help with that request."}.get(name) \
+            or _raise(name)
+    return default_responder(messages)
+
+
+def _raise(name: str) -> str:
+    raise RuntimeError(f"judge crashed on {name}")         # the server answers 500
+
+
+@pytest.mark.parametrize("refine", [True, False])
+def test_only_vetted_prompts_become_sft_targets(tmp_path: Path, judge: LLMConfig, fake_llm,
+                                                refine: bool) -> None:
+    fake_llm.fake.responder = _scripted_judge
+    rows = [{"query_id": f"q{i}", "query": f"{name} walking in the rain"}
+            for i, name in enumerate(["alpha", "bravo", "charlie", "delta", "echo",
+                                      "foxtrot"])]
+    out = run_shard(rows, 0, judge.model_copy(update={"max_retries": 1}),
+                    SftDataConfig(refine=refine), tmp_path)
+    df = read_table(out["examples"]).sort("query_id")
+    assert df["status"].to_list() == [
+        "ok", "ok" if refine else "judged-no-unrefined", "critique-unparseable",
+        "critique-refusal", "critique-error:server",
+        "refine-failed:unparseable" if refine else "judged-no-unrefined"]
+    targets = df.filter(pl.col("final_prompt").is_not_null())
+    assert targets["query"].str.extract(r"^(\w+)").to_list() == \
+        (["alpha", "bravo"] if refine else ["alpha"])
+    assert targets["final_prompt"][0] == df["generated"][0]         # judged Yes: as written
+    if refine:
+        assert targets["final_prompt"][1] == df["refined"][1]       # judged No: refined
+    echo = df.row(4, named=True)
+    assert "HTTP 500" in echo["error"] and echo["critique"] is None  # the cause is kept
+    assert df.filter(pl.col("status") != "critique-error:server")["error"].null_count() == 5
+    assert out["stats"]["usable"] == targets.height
 
 
 def test_refusals_are_kept_with_their_status(tmp_path: Path, judge: LLMConfig,
@@ -75,24 +127,61 @@ def test_injection_cannot_flip_the_verdict(tmp_path: Path, judge: LLMConfig, fak
     assert df["judgement"].to_list() == ["no"] * len(ROWS)
 
 
-def test_echo_without_verdict_is_unparseable(tmp_path: Path, judge: LLMConfig,
-                                             fake_llm) -> None:
+def test_echo_without_verdict_is_never_the_querys_yes(tmp_path: Path, judge: LLMConfig,
+                                                      fake_llm) -> None:
+    # A judge that only echoes the question: the official parser reads the template's own
+    # last verdict line ("xxx": no yes in it), never the query's fake "Yes".
     fake_llm.fake.responder = lambda messages: (messages[-1]["content"]
                                                 if "Final Judgement" in messages[-1]["content"]
                                                 else default_responder(messages))
     df = _shard(tmp_path, judge)
     injected = df.filter(pl.col("query").str.contains("Final Judgement")).row(0, named=True)
-    assert injected["critique_status"] == "unparseable" and injected["judgement"] is None
+    assert injected["critique_status"] == "ok" and injected["judgement"] == "no"
+    assert injected["final_prompt"] == injected["refined"] != injected["generated"]
 
 
-def test_persistent_faults_fail_with_a_clear_error(tmp_path: Path, judge: LLMConfig,
+def test_an_outage_is_transient_and_writes_nothing(tmp_path: Path, judge: LLMConfig,
                                                    fake_llm) -> None:
     fake_llm.fake.fault_rate = 1.0
     fake_llm.fake.faults = ("server_error",)
-    with pytest.raises(StageFailed, match=r"all 8 generation calls failed .*error:server"):
+    with pytest.raises(TransientError, match=r"shard 3 generation: all 8 calls failed with "
+                       r"transient errors .*error:server.*HTTP 500"):   # Prefect retries it
         run_shard(ROWS, 3, judge.model_copy(update={"max_retries": 1}), SftDataConfig(),
                   tmp_path)
     assert list(tmp_path.iterdir()) == []                       # nothing half-written
+
+
+def test_a_permanent_error_stops_with_the_providers_message(tmp_path: Path, judge: LLMConfig,
+                                                            fake_llm) -> None:
+    fake_llm.fake.api_key = "sk-right"
+    with pytest.raises(StageFailed, match=r"generation: all 8 calls failed .*error:auth.*"
+                       r"Incorrect API key provided"):
+        run_shard(ROWS, 0, judge, SftDataConfig(), tmp_path, api_key="sk-wrong")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_critique_outage_after_generation_is_transient(tmp_path: Path, judge: LLMConfig,
+                                                       fake_llm) -> None:
+    """Generations answered, then the judge went down: the shard is retried (its
+    generations then come from the call store), not cached with every critique failed."""
+    def down_for_critiques(messages: list[dict]) -> str:
+        if "Final Judgement" in messages[-1]["content"]:
+            raise RuntimeError("judge down")
+        return default_responder(messages)
+
+    fake_llm.fake.responder = down_for_critiques
+    rows, strict = ROWS[:4], judge.model_copy(update={"max_retries": 2, "timeout_s": 30})
+    with pytest.raises(TransientError, match="shard 0 critique: all 4 calls failed"):
+        run_shard(rows, 0, strict, SftDataConfig(), tmp_path / "out", work_root=tmp_path)
+    fake_llm.fake.responder = default_responder
+    sent = sum(fake_llm.fake.requests.values())
+    out = run_shard(rows, 0, strict, SftDataConfig(), tmp_path / "out", work_root=tmp_path)
+    df = read_table(out["examples"])
+    assert (df["status"] == "ok").all() and df["cached_calls"].sum() == len(rows)
+    refined = int((df["judgement"] == "no").sum())
+    assert sum(fake_llm.fake.requests.values()) - sent == len(rows) + refined
+    assert out["stats"]["calls_made"] == len(rows) + refined
+    assert out["stats"]["cached_calls"] == len(rows)
 
 
 def test_merge_and_summary(tmp_path: Path, judge: LLMConfig) -> None:
@@ -102,6 +191,7 @@ def test_merge_and_summary(tmp_path: Path, judge: LLMConfig) -> None:
     assert merged["sft_examples"].rows == len(ROWS)
     md = summary_markdown(merged["stats"], 1.0, merged["sft_examples"], judge.model)
     assert "critique pass rate" in md and "refinement rate" in md and "| generation | 8 |" in md
+    assert "| LLM calls made | " in md and "| calls answered from the call store | 0 |" in md
 
 
 @pytest.mark.slow

@@ -79,8 +79,8 @@ def test_judge_rechecks_flagged_queries(tmp_path: Path, judge: LLMConfig, fake_l
 
 def test_killed_run_resumes_without_redoing_finished_shards(tmp_path: Path, judge: LLMConfig,
                                                             fake_llm) -> None:
-    fake_llm.fake.latency = 0.25                       # a shard takes about a second
-    cfg = _config(tmp_path, judge, sft=24, shard=4)
+    fake_llm.fake.latency = 0.25     # two calls at a time: the shards end a second apart
+    cfg = _config(tmp_path, judge.model_copy(update={"concurrency": 2}), sft=24, shard=4)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     proc = subprocess.Popen(
         [sys.executable, "-c", "from flows.cli import main; main()", "sft-data",

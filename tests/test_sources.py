@@ -6,7 +6,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from vpo_core.curate.sources import bundled_queries, fetch_hf_dataset, read_raw
+from vpo_core.curate.sources import (
+    bundled_queries,
+    fetch_hf_dataset,
+    input_files,
+    read_raw,
+    read_raw_files,
+)
 from vpo_core.errors import InputError
 from vpo_core.schemas import RAW
 
@@ -85,3 +91,31 @@ def test_hf_dataset_offline_gives_a_clear_error(tmp_path: Path) -> None:
 def test_bundled_sample() -> None:
     queries = bundled_queries()
     assert len(queries) == 5000 and all(isinstance(q, str) for q in queries)
+
+
+def test_a_folder_or_a_glob_is_one_input(tmp_path: Path) -> None:
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    (dumps / "2026-01-02.txt").write_text("a fox in snow\n\nthe moon over a lake\n")
+    pl.DataFrame(VIDPROM).write_csv(dumps / "2026-01-01.csv")
+    (dumps / "README.md").write_text("where the nightly dumps land")      # not a query file
+    files = input_files(str(dumps))
+    assert [p.name for p in files] == ["2026-01-01.csv", "2026-01-02.txt"]   # name order
+    assert input_files(str(dumps / "*.txt")) == [files[1]]
+    assert input_files(str(tmp_path / "**" / "*.csv")) == [files[0]]
+    raw, parts = read_raw_files(files)
+    assert raw.columns == RAW.names and raw.height == 5
+    assert raw["source_row"].to_list() == [0, 1, 2, 3, 5]   # counts on (line 4 was blank)
+    assert raw["prompt"].to_list()[3:] == ["a fox in snow", "the moon over a lake"]
+    assert parts == [{"file": "2026-01-01.csv", "rows": 3, "first_row": 0},
+                     {"file": "2026-01-02.txt", "rows": 2, "first_row": 3}]
+
+
+def test_an_empty_folder_or_pattern_names_itself(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty: the folder holds no query file"):
+        input_files(str(tmp_path / "empty"))
+    with pytest.raises(InputError, match=r"\*\.csv: no file matches the pattern"):
+        input_files(str(tmp_path / "nothing" / "*.csv"))
+    with pytest.raises(InputError, match="input file does not exist"):
+        input_files(str(tmp_path / "missing.csv"))

@@ -122,8 +122,11 @@ class CurateConfig(Section):
     """Query curation (paper §3.1): normalise, rule filter, deduplicate, label safety, split."""
 
     input: str = Field("bundled", description="'bundled' (5,000 real VidProM queries shipped "
-                       "with the project), a CSV / TSV / Parquet / JSON / JSONL / TXT file, or "
-                       "'hf:<dataset id>' loaded with the datasets library.")
+                       "with the project), a CSV / TSV / Parquet / JSON / JSONL / TXT file, a "
+                       "folder of such files or a glob pattern ('dumps/*.csv'), read as one "
+                       "input in name order (a scheduled re-run picks up new files and, with "
+                       "the call store, pays only for new queries), or 'hf:<dataset id>' "
+                       "loaded with the datasets library.")
     prompt_column: str = Field("prompt", description="Column (or JSON field) of the query.")
     hf_split: str = Field("train", description="Split of a Hugging Face dataset input.")
     hf_data_files: str | None = Field(None, description="data_files of a Hugging Face "
@@ -161,10 +164,45 @@ class LLMConfig(Section):
     max_retries: int = Field(5, ge=0, description="Retries of transient errors per call.")
     retry_base_s: float = Field(1.0, gt=0, description="First backoff delay; doubles per "
                                 "retry, with jitter (a Retry-After header wins).")
+    max_backoff_s: float = Field(60.0, gt=0, description="Longest wait between two attempts "
+                                 "of a call (backoff and Retry-After alike). A call waiting "
+                                 "out a backoff holds no concurrency slot.")
+    call_store: str = Field(
+        "sqlite", description="Where completed answers are kept, keyed by the request's "
+        "content, so no call is made twice: 'sqlite' (<work_dir>/llm/calls.sqlite, WAL), "
+        "'redis://host:port/db' (a Redis server several machines share; no credentials in "
+        "the URL, see call_store_password_env) or 'off'.")
+    call_store_password_env: str | None = Field(None, description="Environment variable "
+                                                "with the Redis password, if it needs one.")
+    batch: bool = Field(False, description="Send the calls through the provider's Batch "
+                        "API (OpenAI and compatible servers; OpenAI charges half price, "
+                        "answers within the completion window). A run killed while a batch "
+                        "is pending polls the same batch when run again.")
+    batch_poll_s: float = Field(30.0, gt=0, description="Seconds between two polls of a "
+                                "pending batch.")
+    batch_collect_s: float = Field(2.0, gt=0, description="Longest wait for more calls "
+                                   "before a batch is sent while some chains still run (it "
+                                   "is sent at once when every chain waits on the batch).")
+    batch_completion_window: str = Field("24h", description="The Batch API's completion "
+                                         "window (OpenAI accepts '24h').")
     parse_mode: Literal["strict", "lenient"] = Field(
         "lenient", description="How answers are parsed. 'strict': only the template's format "
         "([[start]]...[[end]], 'Final Judgement (Yes or No): ...'). 'lenient' also accepts a "
         "bare prompt or a lone Yes/No, for small local models that ignore formats.")
+
+    @model_validator(mode="after")
+    def _store_spec(self) -> LLMConfig:
+        spec = self.call_store
+        if spec in ("sqlite", "off"):
+            return self
+        if not spec.startswith(("redis://", "rediss://")):
+            raise ValueError(f"call_store: expected 'sqlite', 'off' or 'redis://host:port/db', "
+                             f"got {spec!r}")
+        if "@" in spec:
+            raise ValueError("call_store: no credentials in the URL (it would reach logs and "
+                             "cache keys); name the variable holding the password in "
+                             "call_store_password_env")
+        return self
 
 
 class PolicyConfig(Section):

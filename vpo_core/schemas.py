@@ -92,14 +92,19 @@ SFT_EXAMPLES = pa.schema([
     _f("refinement", pa.string()),
     _f("refined", pa.string()),
     _f("refine_status", pa.string(), False),       # ... or skipped (judged yes, refine off)
-    _f("final_prompt", pa.string()),           # refined when it parsed, else generated
-    _f("status", pa.string(), False),          # ok, or why there is no final prompt
+    _f("final_prompt", pa.string()),           # the SFT target: generated if judged yes,
+                                               # refined if judged no and refined; else null
+    _f("status", pa.string(), False),          # ok (a target), or why not: the generation's
+    # status, critique-<status>, refine-failed:<status>, judged-no-unrefined
+    _f("error", pa.string()),                  # the first failed call's cause
     _f("fallback_parse", pa.bool_(), False),   # a lenient parse was needed somewhere
     _f("model", pa.string(), False),
     _f("prompt_tokens", pa.int64(), False),
     _f("completion_tokens", pa.int64(), False),
-    _f("cost", pa.float64(), False),
+    _f("cost", pa.float64(), False),           # of the row's answers, as first made
+    _f("cost_saved", pa.float64(), False),     # the part the call store answered
     _f("calls", pa.int32(), False),
+    _f("cached_calls", pa.int32(), False),     # answered from the call store
 ])
 
 # K prompts per DPO query sampled from the SFT model (paper §3.2).
@@ -130,9 +135,13 @@ CRITIQUES = pa.schema([
     _f("refined", pa.string()),
     _f("refine_status", pa.string(), False),   # ok / multiline / unparseable / skipped / ...
     _f("render", pa.bool_(), False),           # judged yes: goes on to rendering
+    _f("error", pa.string()),                  # the first failed call's cause
     _f("prompt_tokens", pa.int64(), False),
     _f("completion_tokens", pa.int64(), False),
-    _f("cost", pa.float64(), False),
+    _f("cost", pa.float64(), False),           # of the row's answers, as first made
+    _f("cost_saved", pa.float64(), False),     # the part the call store answered
+    _f("calls", pa.int32(), False),
+    _f("cached_calls", pa.int32(), False),     # answered from the call store
 ])
 
 # Text-level preference pairs: the refined prompt beats the sample it came from.

@@ -19,8 +19,7 @@ import polars as pl
 
 from vpo_core.config import LLMConfig, SafetyConfig, SplitConfig
 from vpo_core.curate.split import SPLITS, order_keys
-from vpo_core.errors import StageFailed
-from vpo_core.llm.client import LLMClient, LLMRequest
+from vpo_core.llm.client import LLMClient, LLMRequest, raise_if_outage
 from vpo_core.prompts.parsing import parse_verdict
 from vpo_core.prompts.templates import safety_messages
 from vpo_core.tables import DataRef, read_table, write_table
@@ -37,16 +36,16 @@ def to_check(df: pl.DataFrame, safety: SafetyConfig, split: SplitConfig, seed: i
 
 def recheck(labelled_ref: DataRef, safety: SafetyConfig, split: SplitConfig, seed: int,
             judge: LLMConfig, out_dir: Path, api_key: str | None = None,
-            model_cache: str | None = None) -> dict[str, Any]:
-    """Ask the judge about the flagged queries; write the re-labelled table."""
+            model_cache: str | None = None, work_root: str | Path | None = None
+            ) -> dict[str, Any]:
+    """Ask the judge about the flagged queries (answers already in the call store of
+    ``work_root`` are not asked again); write the re-labelled table."""
     df = read_table(labelled_ref, "labelled")
     asked = to_check(df, safety, split, seed)
-    results = LLMClient(judge, api_key, model_cache).run(
+    results = LLMClient(judge, api_key, model_cache, work_root).run(
         [LLMRequest(qid, safety_messages(q)) for qid, q in
          asked.select("query_id", "query").iter_rows()])
-    if results and not any(r.ok for r in results):
-        raise StageFailed(f"safety re-check: all {len(results)} judge calls failed; first "
-                          f"error: {results[0].error}")
+    raise_if_outage(results, "safety re-check")
     checks = {}
     for r in results:
         parsed = parse_verdict(r.text, "unsafe", judge.parse_mode == "lenient") if r.ok \
@@ -71,4 +70,7 @@ def recheck(labelled_ref: DataRef, safety: SafetyConfig, split: SplitConfig, see
         "asked": len(results), "flagged": int(df["safety"].sum()),
         "outcomes": dict(Counter(checks.values())),
         "tokens": sum(r.prompt_tokens + r.completion_tokens for r in results),
-        "cost": sum(r.cost for r in results)}}
+        "calls_made": sum(not r.cached for r in results),
+        "cached_calls": sum(r.cached for r in results),
+        "cost": sum(r.cost for r in results),
+        "cost_saved": sum(r.cost for r in results if r.cached)}}

@@ -1,5 +1,6 @@
 """Reading user queries from wherever they are: the bundled sample, VidProM's CSV or
-Parquet, JSON / JSONL / TXT files, or a Hugging Face dataset.
+Parquet, JSON / JSONL / TXT files (one, a folder of them, or a glob pattern, read as one
+input), or a Hugging Face dataset.
 
 Every input row becomes a row of the ``raw`` table, readable or not: a null, a number
 or undecodable bytes get a ``read_error`` reason and are rejected later with it, so
@@ -9,6 +10,7 @@ fails at once with an :class:`~vpo_core.errors.InputError` naming the file.
 
 from __future__ import annotations
 
+import glob
 import json
 from importlib import resources
 from pathlib import Path
@@ -36,14 +38,28 @@ def bundled_queries() -> list[str]:
     return json.loads(bundled_path().read_text(encoding="utf-8"))
 
 
-def input_path(spec: str) -> Path:
-    """The file behind an input spec ('bundled' or a path); hf: inputs are fetched first."""
+def input_files(spec: str) -> list[Path]:
+    """The files behind an input spec, read as one input: 'bundled', a file, a folder (its
+    query files, in name order: where new query dumps land) or a glob pattern
+    ('dumps/*.csv', 'dumps/**/*.jsonl'). hf: inputs are fetched first."""
     if spec == BUNDLED:
-        return bundled_path()
+        return [bundled_path()]
     path = Path(spec).expanduser()
-    if not path.is_file():
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FORMATS)
+        if not files:
+            raise InputError(f"the folder holds no query file ({', '.join(sorted(FORMATS))})",
+                             path=str(path))
+    elif glob.has_magic(str(path)):
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True)
+                       if Path(p).is_file())
+        if not files:
+            raise InputError("no file matches the pattern", path=str(path))
+    else:
         raise InputError("input file does not exist", path=str(path))
-    return path.resolve()
+    return [p.resolve() for p in files]
 
 
 def fetch_hf_dataset(spec: str, split: str, data_files: str | None, cache_dir: Path,
@@ -177,6 +193,19 @@ def _read_table(path: Path, fmt: str, prompt_column: str) -> pl.DataFrame:
     if "time" in df.columns:
         columns.append(pl.col("time").cast(pl.String))
     return df.select(columns)
+
+
+def read_raw_files(paths: list[Path], prompt_column: str = "prompt"
+                   ) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """Several files as one ``raw`` table, in the given order; ``source_row`` counts on
+    across the files. Also each file's name, rows and first ``source_row``."""
+    frames, files, offset = [], [], 0
+    for path in paths:
+        df = read_raw(path, prompt_column)
+        frames.append(df.with_columns(pl.col("source_row") + offset))
+        files.append({"file": path.name, "rows": df.height, "first_row": offset})
+        offset += int(df["source_row"].max()) + 1 if df.height else 0
+    return pl.concat(frames, how="vertical"), files
 
 
 def read_raw(path: Path, prompt_column: str = "prompt") -> pl.DataFrame:

@@ -23,7 +23,7 @@ from vpo_core.curate.dedup import near_duplicates, query_ids
 from vpo_core.curate.filters import REASONS, apply_rules
 from vpo_core.curate.normalize import flag_frame, normalize_series
 from vpo_core.curate.safety import label_safety
-from vpo_core.curate.sources import read_raw
+from vpo_core.curate.sources import read_raw_files
 from vpo_core.curate.split import SPLITS, assign_splits
 from vpo_core.curate.textstats import Tokens, char_stats, tokenize
 from vpo_core.schemas import CANDIDATES
@@ -42,16 +42,18 @@ class Timings(dict):
         self[name] = round(time.perf_counter() - start, 3)
 
 
-def ingest(source: Path, prompt_column: str, out_dir: Path) -> dict[str, Any]:
-    """Read every row of the input into the ``raw`` table."""
+def ingest(sources: Path | list[Path], prompt_column: str, out_dir: Path) -> dict[str, Any]:
+    """Read every row of the input file(s) (one input, ``source_row`` counting on across
+    them) into the ``raw`` table."""
     t = Timings()
     with t.phase("read"):
-        raw = read_raw(source, prompt_column)
+        raw, files = read_raw_files([sources] if isinstance(sources, Path) else sources,
+                                    prompt_column)
     with t.phase("write"):
         ref = write_table(raw, out_dir / "raw.parquet", "raw")
     errors = raw.get_column("read_error").drop_nulls().value_counts()
     return {"raw": ref, "stats": {
-        "source": str(source), "rows": raw.height,
+        "source": ", ".join(f["file"] for f in files), "files": files, "rows": raw.height,
         "read_errors": dict(zip(errors["read_error"], errors["count"], strict=True)),
         "seconds": t}}
 
@@ -193,8 +195,12 @@ def summary_markdown(stats: dict[str, Any], outputs: dict[str, DataRef]) -> str:
     lines = ["# Curate", "",
              f"Read **{ing['rows']:,}** rows from `{ing['source']}`; kept "
              f"**{cln['kept']:,}** queries, rejected "
-             f"**{sum(cln['rejected'].values()):,}**.", "",
-             "| reason | rows | meaning |", "|---|---:|---|"]
+             f"**{sum(cln['rejected'].values()):,}**.", ""]
+    if len(ing.get("files", [])) > 1:
+        lines += ["Input files (`source_row` counts on across them): " + ", ".join(
+            f"`{f['file']}` ({f['rows']:,} rows from {f['first_row']:,})"
+            for f in ing["files"]) + ".", ""]
+    lines += ["| reason | rows | meaning |", "|---|---:|---|"]
     for reason, n in sorted(cln["rejected"].items(), key=lambda kv: -kv[1]):
         lines.append(f"| `{reason}` | {n:,} | {REASONS.get(reason, '')} |")
     lines += ["", "| split | safety | general | requested |", "|---|---:|---:|---:|"]
@@ -209,7 +215,9 @@ def summary_markdown(stats: dict[str, Any], outputs: dict[str, DataRef]) -> str:
         rc = stats["recheck"]
         lines.append(f"Judge re-check of {rc['asked']:,} flagged queries: "
                      f"{', '.join(f'{k} {v:,}' for k, v in rc['outcomes'].items()) or 'none'}"
-                     f" ({rc['tokens']:,} tokens, ${rc['cost']:.4f}).")
+                     f" ({rc['tokens']:,} tokens; {rc['calls_made']:,} calls made, "
+                     f"{rc['cached_calls']:,} from the call store; ${rc['cost']:.4f}, of "
+                     f"which ${rc['cost_saved']:.4f} saved).")
     lines += [f"Self-BLEU-{sb['order']} (Texygen, {sb['sample']:,}-query sample): "
               f"{sb['before_near_dedup']} before near-duplicate removal, {sb['after']} after "
               "(lower is more diverse).", "", "| step | seconds |", "|---|---:|"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from vpo_core.config import LLMConfig
 from vpo_core.llm.client import LLMClient, LLMRequest, LLMResult
@@ -87,8 +88,8 @@ def _from_result(result: LLMResult, lenient: bool) -> Judgement:
 
 
 def label_prompts(items: Sequence[tuple[str, str | None]], cfg: LLMConfig,
-                  api_key: str | None = None, model_cache: str | None = None
-                  ) -> list[Judgement]:
+                  api_key: str | None = None, model_cache: str | None = None,
+                  work_root: str | Path | None = None) -> list[Judgement]:
     """Label each (query, prompt); a ``None`` prompt is ``skipped``. Same order as
     ``items``; failed calls come back with their ``error:<kind>`` status."""
     out: dict[int, Judgement] = {}
@@ -102,6 +103,6 @@ def label_prompts(items: Sequence[tuple[str, str | None]], cfg: LLMConfig,
             asked.append(LLMRequest(str(i), alignment_messages(query, prompt)))
     if asked:
         lenient = cfg.parse_mode == "lenient"
-        for result in LLMClient(cfg, api_key, model_cache).run(asked):
+        for result in LLMClient(cfg, api_key, model_cache, work_root).run(asked):
             out[int(result.id)] = _from_result(result, lenient)
     return [out[i] for i in range(len(items))]

@@ -56,9 +56,10 @@ class FewShot:
     teacher: LLMConfig
     api_key: str | None = field(default=None, repr=False)
     model_cache: str | None = None
+    work_root: Path | None = None  # the call store's work directory
 
     def __call__(self, queries: Sequence[str], rounds: int) -> dict[int, list[Prompt]]:
-        client = LLMClient(self.teacher, self.api_key, self.model_cache)
+        client = LLMClient(self.teacher, self.api_key, self.model_cache, self.work_root)
         results = client.run([LLMRequest(str(i), generation_messages(q))
                               for i, q in enumerate(queries)])
         if results and not any(r.ok for r in results):

@@ -91,7 +91,8 @@ def evaluate(queries: Sequence[Mapping[str, Any]], methods: Mapping[str, Method]
              judge: LLMConfig, rounds: int, out_dir: Path, api_key: str | None = None,
              model_cache: str | None = None,
              video: Callable[[pl.DataFrame], dict[str, Any]] | None = None,
-             checks: ChecksConfig | None = None) -> dict[str, Any]:
+             checks: ChecksConfig | None = None, work_root: str | Path | None = None
+             ) -> dict[str, Any]:
     """Judge every method's prompts for ``queries`` ({query_id, query}); optimizer methods
     run ``rounds`` rounds. Writes ``eval_judgements.parquet``, ``eval_summary.json``,
     ``eval_report.md`` and ``eval_chart.png`` into ``out_dir`` and returns their refs, the
@@ -101,7 +102,7 @@ def evaluate(queries: Sequence[Mapping[str, Any]], methods: Mapping[str, Method]
     rows = [row for name, method in methods.items()
             for row in _prompts(queries, name, method, rounds)]
     judgements = label_prompts([(r["query"], r["prompt"]) for r in rows], judge, api_key,
-                               model_cache)
+                               model_cache, work_root)
     _fail_if_judge_down(judgements)
     table = [_judged(r, j, checks or ChecksConfig())
              for r, j in zip(rows, judgements, strict=True)]

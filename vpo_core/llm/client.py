@@ -1,11 +1,20 @@
 """One LLM client for every stage that asks a model.
 
-Requests go out as an async batch: at most ``concurrency`` in flight, optional requests-
-and tokens-per-minute limits, a timeout per attempt, and retries with exponential
-backoff and jitter for transient failures only (429 honouring Retry-After, 5xx,
-timeouts, dropped connections, malformed or empty answers). A permanent failure (bad
-request, authentication, unknown model) fails its row at once. Every request comes back
-as a :class:`LLMResult` row with a status, the model, tokens and cost: nothing is dropped.
+Calls run on the process's LLM engine (:mod:`vpo_core.llm.engine`), so every client of
+the process shares one concurrency gate and one requests/tokens-per-minute limiter per
+(model, api_base). Each call first looks in the call store (:mod:`vpo_core.llm.store`):
+a stored answer costs no request, no slot and no rate budget. Otherwise it is sent (or
+collected into a Batch API job, :mod:`vpo_core.llm.batch`) with a timeout per attempt and
+retries with capped exponential backoff and jitter for transient failures only (429
+honouring Retry-After, 5xx, timeouts, dropped connections, malformed or empty answers);
+a call waiting out a backoff holds no slot. A permanent failure (bad request,
+authentication, unknown model) fails its row at once. Every request comes back as an
+:class:`LLMResult` with a status, the model, tokens and cost: nothing is dropped.
+
+Two ways to call: :meth:`LLMClient.run` answers a list of requests; :meth:`LLMClient.
+run_chains` runs a chain of dependent calls per item (generate -> critique -> refine)
+with no barrier between items: a slow call holds back only its own row, and the next
+call of an older chain goes before the first call of a newer one.
 
 Two transports share that machinery (:mod:`vpo_core.llm.transports`): litellm, which
 reaches any provider, and a direct HTTP path for OpenAI-compatible servers such as vLLM,
@@ -16,21 +25,28 @@ about 5 ms of CPU per call (see benchmarks/README.md).
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
-import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
-from aiolimiter import AsyncLimiter
-
 from vpo_core.config import LLMConfig
-from vpo_core.llm.transports import CallError, Completion, make_transport
+from vpo_core.errors import StageFailed, TransientError
+from vpo_core.llm.batch import BatchAPI, BatchQueue, batch_target
+from vpo_core.llm.engine import Engine, Limits, engine
+from vpo_core.llm.store import CallStore, Stored, open_store, request_key, store_location
+from vpo_core.llm.tokens import estimate_tokens
+from vpo_core.llm.transports import TRANSIENT_KINDS, CallError, Completion, make_transport
 from vpo_core.progress import Progress
 
 T = TypeVar("T")
-MAX_RETRY_AFTER = 60.0
+R = TypeVar("R")
+log = logging.getLogger("vpo_core.llm")
+LOGGED_FAILURES = 3
 
 
 @dataclass(frozen=True)
@@ -46,7 +62,10 @@ class LLMRequest:
 
 @dataclass
 class LLMResult:
-    """The outcome of one request: ``status`` is ``ok`` or ``error:<kind>``."""
+    """The outcome of one request: ``status`` is ``ok`` or ``error:<kind>`` (``error``
+    then says why, as the provider or the exception said it). ``cached``: answered
+    without a request of its own (from the call store, or by the same request in flight
+    in this process); ``cost`` is then what the original call cost, i.e. the saving."""
 
     id: str
     status: str
@@ -58,10 +77,19 @@ class LLMResult:
     attempts: int = 0
     seconds: float = 0.0
     error: str | None = None
+    cached: bool = False
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def transient(self) -> bool:
+        """A failure a later retry may fix (rate limit, timeout, 5xx, ...)."""
+        return self.status.removeprefix("error:") in TRANSIENT_KINDS
+
+
+Ask = Callable[[LLMRequest], Awaitable[LLMResult]]
 
 
 @dataclass
@@ -77,85 +105,256 @@ class Scrubber:
         return text
 
 
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine from sync code, also when the caller already runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    box: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: box.update(value=asyncio.run(coro)))
-    thread.start()
-    thread.join()
-    return box["value"]
+def raise_if_outage(results: Sequence[LLMResult], what: str) -> None:
+    """Stop a step whose every call failed: :class:`TransientError` when all failures
+    were transient (the provider is down or overloaded; Prefect retries the task with
+    backoff), else :class:`StageFailed` with the provider's first permanent message (a
+    wrong key, an unknown model: no retry can help)."""
+    if not results or any(r.ok for r in results):
+        return
+    kinds = dict(Counter(r.status for r in results))
+    permanent = next((r for r in results if not r.transient), None)
+    if permanent is not None:
+        raise StageFailed(f"{what}: all {len(results)} calls failed ({kinds}); first error: "
+                          f"{permanent.error}")
+    raise TransientError(f"{what}: all {len(results)} calls failed with transient errors "
+                         f"({kinds}); the provider seems unavailable; first error: "
+                         f"{results[0].error}")
+
+
+def request_params(cfg: LLMConfig, request: LLMRequest) -> dict[str, Any]:
+    """The sampling parameters sent with a request (and keyed in the call store)."""
+    params: dict[str, Any] = {
+        "temperature": cfg.temperature if request.temperature is None else request.temperature,
+        "max_tokens": request.max_tokens or cfg.max_tokens}
+    if cfg.seed is not None:
+        params["seed"] = cfg.seed
+    return params
 
 
 class LLMClient:
-    """Batches of chat completions against one configured model."""
+    """Chat completions against one configured model.
+
+    ``work_root`` is the pipeline's work directory: it holds the default call store
+    (``llm/calls.sqlite``) and the records of pending batches (``llm/batches/``). Without
+    it there is no store, unless ``cfg.call_store`` names a shared one.
+    """
 
     def __init__(self, cfg: LLMConfig, api_key: str | None = None,
-                 model_cache: str | None = None) -> None:
+                 model_cache: str | None = None, work_root: str | Path | None = None
+                 ) -> None:
         self.cfg = cfg
         self.api_key = api_key
         self.model_cache = model_cache
         self.scrub = Scrubber([api_key] if api_key else [])
+        self.store_location = store_location(cfg, work_root)
+        self.batch_folder = Path(work_root).expanduser() / "llm" / "batches" \
+            if work_root is not None else None
+        self.batch_base, self.batch_model = batch_target(cfg) if cfg.batch else (None, None)
+        self._lane: _Lane | None = None
+        self._lane_engine: Engine | None = None
 
     def run(self, requests: Sequence[LLMRequest],
             on_result: Callable[[LLMResult], None] | None = None) -> list[LLMResult]:
-        """Answer every request (same order); ``on_result`` is called as each finishes."""
-        return run_sync(self.arun(requests, on_result))
+        """Answer every request (same order); ``on_result`` is called as each finishes
+        (on the engine's thread)."""
+        async def one(request: LLMRequest, ask: Ask) -> LLMResult:
+            result = await ask(request)
+            if on_result is not None:
+                on_result(result)
+            return result
 
-    async def arun(self, requests: Sequence[LLMRequest],
-                   on_result: Callable[[LLMResult], None] | None = None) -> list[LLMResult]:
-        cfg = self.cfg
-        gate = asyncio.Semaphore(cfg.concurrency)
-        rpm = AsyncLimiter(cfg.requests_per_minute, 60) if cfg.requests_per_minute else None
-        tpm = AsyncLimiter(cfg.tokens_per_minute, 60) if cfg.tokens_per_minute else None
-        progress = Progress(f"{cfg.model} calls", len(requests))
-        async with make_transport(cfg, self.api_key, self.model_cache) as transport:
+        return engine().call(self._chains(list(requests), one, "calls"))
 
-            async def one(request: LLMRequest) -> LLMResult:
-                async with gate:
-                    result = await self._with_retries(transport, request, rpm, tpm)
-                progress.step()
-                if on_result is not None:
-                    on_result(result)
+    def run_chains(self, items: Sequence[T],
+                   chain: Callable[[T, Ask], Coroutine[Any, Any, R]]) -> list[R]:
+        """Run ``await chain(item, ask)`` for every item, all at once, and return their
+        results in order. ``ask(request)`` makes one call; all asks of the process share
+        the model's limits. An exception raised by a chain cancels the others and reaches
+        the caller as it was raised."""
+        return engine().call(self._chains(list(items), chain, "rows"))
+
+    async def _chains(self, items: list[T], chain: Callable[[T, Ask], Coroutine[Any, Any, R]],
+                      what: str) -> list[R]:
+        eng = engine()
+        lane = self._lane_on_loop(eng)
+        progress = Progress(f"{self.cfg.model} {what}", len(items))
+        tally = _Tally(self.cfg.model)
+        if lane.batch is not None:
+            lane.batch.chains_started(len(items))
+
+        async def one(item: T) -> R:
+            priority = next(eng.sequence)
+
+            async def ask(request: LLMRequest) -> LLMResult:
+                result = await lane.ask(request, priority)
+                tally.add(request, result)
                 return result
 
-            return list(await asyncio.gather(*(one(r) for r in requests)))
+            try:
+                return await chain(item, ask)
+            finally:
+                progress.step()
+                if lane.batch is not None:
+                    lane.batch.chain_ended()
 
-    async def _with_retries(self, transport: Any, request: LLMRequest,
-                            rpm: AsyncLimiter | None, tpm: AsyncLimiter | None) -> LLMResult:
+        tasks = [asyncio.ensure_future(one(item)) for item in items]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        finally:
+            tally.summarise()
+
+    def _lane_on_loop(self, eng: Engine) -> _Lane:
+        if self._lane is None or self._lane_engine is not eng:
+            cfg = self.cfg
+            store = None
+            if self.store_location is not None:
+                key = ("store", self.store_location)
+                store = eng.shared.get(key)
+                if store is None:
+                    store = eng.shared[key] = open_store(self.store_location, cfg)
+            batch = None
+            if cfg.batch:
+                key = ("batch", cfg.model, self.batch_base, self.api_key,
+                       str(self.batch_folder), self.store_location)
+                batch = eng.shared.get(key)
+                if batch is None:
+                    api = BatchAPI(self.batch_base, self.api_key, eng.session(), cfg.timeout_s)
+                    batch = eng.shared[key] = BatchQueue(cfg, api, self.batch_model,
+                                                         self.batch_folder, store)
+            transport = make_transport(cfg, self.api_key, self.model_cache, eng.session())
+            self._lane = _Lane(cfg, transport, eng.limits_for(cfg), store, batch, self.scrub,
+                               eng.inflight)
+            self._lane_engine = eng
+        else:
+            self._lane.limits.configure(self.cfg)
+        return self._lane
+
+
+@dataclass
+class _Lane:
+    """How one client's calls travel, on the engine's loop."""
+
+    cfg: LLMConfig
+    transport: Any
+    limits: Limits
+    store: CallStore | None
+    batch: BatchQueue | None
+    scrub: Scrubber
+    inflight: dict[str, asyncio.Future]
+
+    async def ask(self, request: LLMRequest, priority: int) -> LLMResult:
+        """The store's answer; else the answer of the same request already in flight in
+        this process (asked once, answered to all); else a call of its own."""
         cfg, start = self.cfg, time.perf_counter()
+        params = request_params(cfg, request)
+        key = request_key(cfg.model, request.messages, params)
+        if self.store is not None:
+            hit = await self.store.get(key)
+            if hit is not None:
+                return LLMResult(request.id, "ok", hit.text, cfg.model, hit.prompt_tokens,
+                                 hit.completion_tokens, hit.cost, 0,
+                                 time.perf_counter() - start, cached=True)
+        leader = self.inflight.get(key)
+        if leader is not None:
+            first = await asyncio.shield(leader)
+            if first is not None and first.ok:
+                return replace(first, id=request.id, attempts=0, cached=True,
+                               seconds=time.perf_counter() - start)
+        future = self.inflight.setdefault(key, asyncio.get_running_loop().create_future())
+        result = None
+        try:
+            result = await self._call(request, params, priority, key, start)
+            return result
+        finally:
+            if self.inflight.get(key) is future:
+                del self.inflight[key]
+                future.set_result(result)
+
+    async def _call(self, request: LLMRequest, params: dict[str, Any], priority: int,
+                    key: str, start: float) -> LLMResult:
+        if self.batch is not None:
+            done = await self.batch.ask(key, request.messages, params)
+            if done is not None:  # stored by the batch's poller
+                return self._ok(request, done, 1, start)
+        result = await self._attempts(request, params, priority, start)
+        if result.ok and self.store is not None:
+            await self.store.put(key, Stored(result.text, result.prompt_tokens,
+                                             result.completion_tokens, result.cost))
+        return result
+
+    def _ok(self, request: LLMRequest, done: Completion, attempts: int, start: float
+            ) -> LLMResult:
+        return LLMResult(request.id, "ok", done.text, self.cfg.model, done.prompt_tokens,
+                         done.completion_tokens, done.cost, attempts,
+                         time.perf_counter() - start)
+
+    async def _attempts(self, request: LLMRequest, params: dict[str, Any], priority: int,
+                        start: float) -> LLMResult:
+        """Attempts until an answer, a permanent error or the last retry. The slot is held
+        for each attempt only, never while waiting out a backoff."""
+        cfg, limits = self.cfg, self.limits
         attempt = 0
         while True:
             attempt += 1
-            if rpm is not None:
-                await rpm.acquire()
-            if tpm is not None:
-                await tpm.acquire(min(_estimate_tokens(request, cfg), cfg.tokens_per_minute))
-            try:  # each transport enforces timeout_s on its attempt
-                done: Completion = await transport.complete(request)
+            await limits.gate.acquire(priority)
+            try:
+                if limits.rpm is not None:
+                    await limits.rpm.acquire()
+                if limits.tpm is not None:
+                    need = estimate_tokens(request.messages, params["max_tokens"])
+                    await limits.tpm.acquire(min(need, cfg.tokens_per_minute))
+                done: Completion = await self.transport.complete(request, params)
             except CallError as err:
-                if err.transient and attempt <= cfg.max_retries:
-                    await asyncio.sleep(self._delay(attempt, err.retry_after))
-                    continue
-                return LLMResult(request.id, f"error:{err.kind}", None, cfg.model,
-                                 attempts=attempt, seconds=time.perf_counter() - start,
-                                 error=self.scrub(str(err))[:500])
-            return LLMResult(request.id, "ok", done.text, cfg.model, done.prompt_tokens,
-                             done.completion_tokens, done.cost, attempt,
-                             time.perf_counter() - start)
+                error = err
+            except Exception as exc:  # a bug or a library's surprise: keep what it said
+                log.warning("%s: unexpected error in call %s", cfg.model, request.id,
+                            exc_info=True)
+                error = CallError("unknown", f"{type(exc).__name__}: {exc}")
+            else:
+                return self._ok(request, done, attempt, start)
+            finally:
+                limits.gate.release()
+            if error.transient and attempt <= cfg.max_retries:
+                await asyncio.sleep(self._delay(attempt, error.retry_after))
+                continue
+            return LLMResult(request.id, f"error:{error.kind}", None, cfg.model,
+                             attempts=attempt, seconds=time.perf_counter() - start,
+                             error=self.scrub(str(error))[:500])
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
-        """Retry-After when the server sends one, else exponential backoff with jitter."""
+        """Retry-After when the server sends one, else exponential backoff with jitter;
+        never longer than ``max_backoff_s``."""
+        cap = self.cfg.max_backoff_s
         if retry_after is not None:
-            return min(max(retry_after, 0.0), MAX_RETRY_AFTER)
-        base = self.cfg.retry_base_s * 2 ** (attempt - 1)
-        return min(base, MAX_RETRY_AFTER) * random.uniform(0.5, 1.5)
+            return min(max(retry_after, 0.0), cap)
+        return min(self.cfg.retry_base_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5), cap)
 
 
-def _estimate_tokens(request: LLMRequest, cfg: LLMConfig) -> int:
-    """Rough token count of a request (4 characters a token) plus its answer budget."""
-    chars = sum(len(m.get("content", "")) for m in request.messages)
-    return chars // 4 + (request.max_tokens or cfg.max_tokens)
+@dataclass
+class _Tally:
+    """Logs the first few failed calls of a run with their cause, and a count at the end."""
+
+    model: str
+    failures: Counter = field(default_factory=Counter)
+    total: int = 0
+
+    def add(self, request: LLMRequest, result: LLMResult) -> None:
+        self.total += 1
+        if result.ok:
+            return
+        self.failures[result.status] += 1
+        if sum(self.failures.values()) <= LOGGED_FAILURES:
+            log.warning("%s: call %s failed after %d attempt(s): %s", self.model, request.id,
+                        result.attempts, result.error)
+
+    def summarise(self) -> None:
+        failed = sum(self.failures.values())
+        if failed > LOGGED_FAILURES:
+            log.warning("%s: %d of %d calls failed (%s)", self.model, failed, self.total,
+                        dict(self.failures))

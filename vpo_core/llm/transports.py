@@ -4,10 +4,11 @@ whether a retry can help."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import importlib.util
+import sys
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -18,6 +19,7 @@ from vpo_core.config import LLMConfig
 if TYPE_CHECKING:
     from vpo_core.llm.client import LLMRequest
 
+PRICE_FILE = "model_prices_and_context_window_backup.json"
 TRANSIENT_KINDS = {"rate_limit", "timeout", "server", "connection", "malformed", "empty"}
 _HINTS = {
     "auth": "check the API key: set the environment variable named by judge.api_key_env "
@@ -108,19 +110,16 @@ class LiteLLMTransport:
         # OpenAI-compatible servers often need no key, but the OpenAI SDK insists on one
         self.api_key = api_key or ("no-key" if cfg.api_base else None)
 
-    async def complete(self, request: LLMRequest) -> Completion:
+    async def complete(self, request: LLMRequest, params: dict[str, Any]) -> Completion:
         import litellm
 
         cfg = self.cfg
         try:
             response = await litellm.acompletion(
                 model=cfg.model, messages=request.messages, api_base=cfg.api_base,
-                api_key=self.api_key, timeout=cfg.timeout_s, max_retries=0,
-                temperature=cfg.temperature if request.temperature is None
-                else request.temperature,
-                max_tokens=request.max_tokens or cfg.max_tokens, seed=cfg.seed)
+                api_key=self.api_key, timeout=cfg.timeout_s, max_retries=0, **params)
         except Exception as exc:
-            raise _from_litellm(exc) from None
+            raise _from_litellm(exc) from exc
         if not response.choices or response.choices[0].message.content is None:
             raise CallError("empty", "the answer had no choices or no content")
         usage = getattr(response, "usage", None)
@@ -131,11 +130,21 @@ class LiteLLMTransport:
 
 
 @cache
+def _price_map() -> dict[str, Any]:
+    """litellm's bundled price map, read without importing litellm (~3 s of CPU that
+    would stall every call of the engine's loop on the first answer)."""
+    if "litellm" in sys.modules:
+        return sys.modules["litellm"].model_cost
+    spec = importlib.util.find_spec("litellm")  # finds the package without importing it
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return orjson.loads((folder / PRICE_FILE).read_bytes())
+
+
+@cache
 def _token_prices(model: str) -> tuple[float, float]:
     """(input, output) USD per token from litellm's local cost map; 0 when unknown."""
-    import litellm
-
-    info = litellm.model_cost.get(model) or litellm.model_cost.get(model.split("/", 1)[-1], {})
+    prices = _price_map()
+    info = prices.get(model) or prices.get(model.split("/", 1)[-1], {})
     return (float(info.get("input_cost_per_token") or 0.0),
             float(info.get("output_cost_per_token") or 0.0))
 
@@ -153,14 +162,9 @@ class HTTPTransport:
         self.model = cfg.model.split("/", 1)[1]
         self.timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
 
-    async def complete(self, request: LLMRequest) -> Completion:
+    async def complete(self, request: LLMRequest, params: dict[str, Any]) -> Completion:
         cfg = self.cfg
-        payload = {"model": self.model, "messages": request.messages,
-                   "temperature": cfg.temperature if request.temperature is None
-                   else request.temperature,
-                   "max_tokens": request.max_tokens or cfg.max_tokens}
-        if cfg.seed is not None:
-            payload["seed"] = cfg.seed
+        payload = {"model": self.model, "messages": request.messages, **params}
         try:
             async with self.session.post(self.url, data=orjson.dumps(payload),
                                          headers=self.headers, timeout=self.timeout) as resp:
@@ -170,23 +174,30 @@ class HTTPTransport:
                     raise CallError(kind_of_status(resp.status, text),
                                     f"HTTP {resp.status}: {text[:300]}",
                                     retry_after=_retry_after(resp.headers.get("retry-after")))
-        except TimeoutError:
-            raise CallError("timeout", f"no answer within {cfg.timeout_s} s") from None
+        except TimeoutError as exc:
+            raise CallError("timeout", f"no answer within {cfg.timeout_s} s") from exc
         except aiohttp.ClientError as exc:
-            raise CallError("connection", f"{type(exc).__name__}: {exc}") from None
-        try:
-            data = orjson.loads(body)
-            choices = data.get("choices") or []
-            text = choices[0]["message"]["content"] if choices else None
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, IndexError):
-            raise CallError("malformed", f"not a chat completion: {body[:200]!r}") from None
-        if text is None:
-            raise CallError("empty", "the answer had no choices or no content")
-        usage = data.get("usage") or {}
-        prompt, completion = int(usage.get("prompt_tokens") or 0), \
-            int(usage.get("completion_tokens") or 0)
-        price_in, price_out = _token_prices(cfg.model)
-        return Completion(text, prompt, completion, prompt * price_in + completion * price_out)
+            raise CallError("connection", f"{type(exc).__name__}: {exc}") from exc
+        return completion_from(body, cfg.model)
+
+
+def completion_from(body: bytes | dict[str, Any], model: str, price_factor: float = 1.0
+                    ) -> Completion:
+    """A chat completion's text, usage and cost (``price_factor`` 0.5 for batch answers)."""
+    try:
+        data = orjson.loads(body) if isinstance(body, bytes) else body
+        choices = data.get("choices") or []
+        text = choices[0]["message"]["content"] if choices else None
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise CallError("malformed", f"not a chat completion: {str(body)[:200]}") from exc
+    if text is None:
+        raise CallError("empty", "the answer had no choices or no content")
+    usage = data.get("usage") or {}
+    prompt, completion = int(usage.get("prompt_tokens") or 0), \
+        int(usage.get("completion_tokens") or 0)
+    price_in, price_out = _token_prices(model)
+    return Completion(text, prompt, completion,
+                      (prompt * price_in + completion * price_out) * price_factor)
 
 
 def uses_http(cfg: LLMConfig) -> bool:
@@ -196,10 +207,10 @@ def uses_http(cfg: LLMConfig) -> bool:
     return cfg.transport == "auto" and cfg.model.startswith("openai/") and bool(cfg.api_base)
 
 
-@asynccontextmanager
-async def make_transport(cfg: LLMConfig, api_key: str | None,
-                         model_cache: str | None) -> AsyncIterator[Any]:
-    """The transport for a configuration, with its connections open."""
+def make_transport(cfg: LLMConfig, api_key: str | None, model_cache: str | None,
+                   session: aiohttp.ClientSession) -> Any:
+    """The transport for a configuration (made on the engine's loop, which owns
+    ``session``)."""
     if cfg.model.startswith("local/"):
         from vpo_core.llm.local import register_local_provider
 
@@ -208,8 +219,5 @@ async def make_transport(cfg: LLMConfig, api_key: str | None,
         if not cfg.api_base or "/" not in cfg.model:
             raise ValueError("the http transport needs judge.api_base and an 'openai/<name>' "
                              "model")
-        connector = aiohttp.TCPConnector(limit=cfg.concurrency)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            yield HTTPTransport(cfg, api_key, session)
-    else:
-        yield LiteLLMTransport(cfg, api_key)
+        return HTTPTransport(cfg, api_key, session)
+    return LiteLLMTransport(cfg, api_key)

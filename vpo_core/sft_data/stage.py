@@ -3,28 +3,36 @@ critique by the judge, refinement of the prompts judged "No".
 
 The SFT split is cut into shards of ``shard_size`` queries (in query-id order); each
 shard is one call of :func:`run_shard`, which the flow runs as its own cached task, so a
-crash loses only the shard in flight. Every query stays in the output with the status of
-each step; rows without a usable prompt are kept and the trainer skips them.
+crash loses only the shard in flight (and with the call store, not even its answers).
+Inside a shard each query runs its own chain of calls, generate -> critique -> refine,
+with no barrier between queries; the shards of a stage share the process's limits.
+
+A row is an SFT target (``final_prompt``, status ``ok``) only when its generation was
+judged Yes, or judged No and refined (paper §3.2). Every other row stays in the table
+with its reason in ``status``: the generation's status (``refusal``, ``unparseable``,
+``error:<kind>``), ``critique-<status>`` (``critique-error:<kind>``,
+``critique-unparseable``, ``critique-refusal``), ``refine-failed:<status>``, or
+``judged-no-unrefined`` when refinement is off.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from vpo_core.config import LLMConfig, SftDataConfig
-from vpo_core.errors import StageFailed
-from vpo_core.llm.client import LLMClient, LLMRequest, LLMResult
+from vpo_core.llm.client import Ask, LLMClient, LLMRequest, LLMResult, raise_if_outage
+from vpo_core.llm.usage import row_usage, usage_markdown, usage_stats
 from vpo_core.prompts.parsing import Parsed, extract_prompt, parse_verdict
 from vpo_core.prompts.templates import critique_messages, generation_messages, refine_messages
 from vpo_core.shards import split_shards
 from vpo_core.tables import DataRef, concat_tables, polars_schema, read_table, write_table
 
 SKIPPED = "skipped"
+OK = "ok"
 
 
 def shard_queries(queries_ref: DataRef, size: int) -> list[list[dict[str, str]]]:
@@ -36,61 +44,74 @@ def _status(result: LLMResult, parsed: Parsed) -> str:
     return result.status if not result.ok else parsed.status
 
 
+def _target(row: dict[str, Any], refine: bool) -> tuple[str | None, str]:
+    """(final prompt, status): only vetted prompts become SFT targets."""
+    if row["generation_status"] != OK:
+        return None, row["generation_status"]
+    critique = row.get("critique_status", SKIPPED)
+    if critique != OK:
+        return None, f"critique-{critique}"
+    if row["judgement"] == "yes":
+        return row["generated"], OK
+    if not refine:
+        return None, "judged-no-unrefined"
+    if row.get("refine_status") != OK:
+        return None, f"refine-failed:{row.get('refine_status')}"
+    return row["refined"], OK
+
+
 def run_shard(rows: list[dict[str, str]], shard: int, judge: LLMConfig, cfg: SftDataConfig,
-              out_dir: Path, api_key: str | None = None, model_cache: str | None = None
-              ) -> dict[str, Any]:
+              out_dir: Path, api_key: str | None = None, model_cache: str | None = None,
+              work_root: str | Path | None = None) -> dict[str, Any]:
     """Generate, critique and refine one shard; write its ``sft_examples`` rows.
 
-    Raises StageFailed, writing nothing, when every generation call failed (a wrong key
-    or an unreachable server): the message says what the provider answered.
+    ``work_root`` holds the call store: answers already made (by any run, shard layout or
+    stage) are not asked again. When every call of a step failed, nothing is written:
+    a transient outage raises TransientError (Prefect retries the task), a permanent
+    error (a wrong key, an unknown model) StageFailed with the provider's message.
     """
-    client = LLMClient(judge, api_key, model_cache)
+    client = LLMClient(judge, api_key, model_cache, work_root)
     lenient = judge.parse_mode == "lenient"
     start = time.perf_counter()
-    ids = [r["query_id"] for r in rows]
-    by_id = {r["query_id"]: {**r, "calls": []} for r in rows}
 
-    gen = client.run([LLMRequest(i, generation_messages(by_id[i]["query"])) for i in ids])
-    if gen and not any(r.ok for r in gen):
-        kinds = Counter(r.status for r in gen)
-        raise StageFailed(f"sft-data shard {shard}: all {len(gen)} generation calls failed "
-                          f"({dict(kinds)}); first error: {gen[0].error}")
-    for r in gen:
-        row = by_id[r.id]
-        parsed = extract_prompt(r.text, lenient)
-        row.update(generation=r.text, generated=parsed.value, calls=[r],
-                   generation_status=_status(r, parsed), fallback=parsed.fallback)
+    async def chain(query: dict[str, str], ask: Ask) -> dict[str, Any]:
+        qid, text = query["query_id"], query["query"]
+        gen = await ask(LLMRequest(qid, generation_messages(text)))
+        parsed = extract_prompt(gen.text, lenient)
+        row = {**query, "calls": [gen], "generation": gen.text, "generated": parsed.value,
+               "generation_status": _status(gen, parsed), "fallback": parsed.fallback}
+        if not row["generated"]:
+            return row
+        asked = critique_messages(text, row["generated"])
+        crit = await ask(LLMRequest(qid, asked))
+        verdict = parse_verdict(crit.text, "judgement", lenient) if crit.ok \
+            else Parsed(crit.status)
+        row["calls"].append(crit)
+        row.update(critique=crit.text, judgement=verdict.value,
+                   critique_status=_status(crit, verdict),
+                   fallback=row["fallback"] or verdict.fallback)
+        if not cfg.refine or verdict.value != "no":
+            return row
+        ref = await ask(LLMRequest(qid, refine_messages(asked, crit.text)))
+        refined = extract_prompt(ref.text, lenient)
+        row["calls"].append(ref)
+        row.update(refinement=ref.text, refined=refined.value,
+                   refine_status=_status(ref, refined),
+                   fallback=row["fallback"] or refined.fallback)
+        return row
 
-    judged = [i for i in ids if by_id[i]["generated"]]
-    critique_msgs = {i: critique_messages(by_id[i]["query"], by_id[i]["generated"])
-                     for i in judged}
-    for r in client.run([LLMRequest(i, critique_msgs[i]) for i in judged]):
-        row = by_id[r.id]
-        parsed = parse_verdict(r.text, "judgement", lenient) if r.ok else Parsed(r.status)
-        row["calls"].append(r)
-        row.update(critique=r.text, judgement=parsed.value,
-                   critique_status=_status(r, parsed),
-                   fallback=row["fallback"] or parsed.fallback)
-
-    failing = [i for i in judged if by_id[i].get("judgement") == "no"] if cfg.refine else []
-    for r in client.run([LLMRequest(i, refine_messages(critique_msgs[i], by_id[i]["critique"]))
-                         for i in failing]):
-        row = by_id[r.id]
-        parsed = extract_prompt(r.text, lenient)
-        row["calls"].append(r)
-        row.update(refinement=r.text, refined=parsed.value, refine_status=_status(r, parsed),
-                   fallback=row["fallback"] or parsed.fallback)
-
-    table = pl.DataFrame([_row(by_id[i], shard, judge.model) for i in ids],
+    done = client.run_chains(rows, chain)
+    for step, index in (("generation", 0), ("critique", 1), ("refinement", 2)):
+        raise_if_outage([r["calls"][index] for r in done if len(r["calls"]) > index],
+                        f"sft-data shard {shard} {step}")
+    table = pl.DataFrame([_row(r, shard, judge.model, cfg.refine) for r in done],
                          schema=polars_schema("sft_examples"))
     ref = write_table(table, out_dir / f"sft_examples-{shard:05d}.parquet", "sft_examples")
     return {"examples": ref, "stats": shard_stats(table, time.perf_counter() - start)}
 
 
-def _row(row: dict[str, Any], shard: int, model: str) -> dict[str, Any]:
-    calls: list[LLMResult] = row["calls"]
-    final = row.get("refined") or row.get("generated")
-    status = "ok" if final else row["generation_status"]
+def _row(row: dict[str, Any], shard: int, model: str, refine: bool) -> dict[str, Any]:
+    final, status = _target(row, refine)
     return {
         "query_id": row["query_id"], "query": row["query"], "shard": shard,
         "generation": row.get("generation"), "generated": row.get("generated"),
@@ -100,10 +121,7 @@ def _row(row: dict[str, Any], shard: int, model: str) -> dict[str, Any]:
         "refinement": row.get("refinement"), "refined": row.get("refined"),
         "refine_status": row.get("refine_status", SKIPPED),
         "final_prompt": final, "status": status, "fallback_parse": bool(row["fallback"]),
-        "model": model,
-        "prompt_tokens": sum(c.prompt_tokens for c in calls),
-        "completion_tokens": sum(c.completion_tokens for c in calls),
-        "cost": sum(c.cost for c in calls), "calls": len(calls),
+        "model": model, **row_usage(row["calls"]),
     }
 
 
@@ -118,10 +136,7 @@ def shard_stats(df: pl.DataFrame, seconds: float) -> dict[str, Any]:
             "judgement": {str(k): v for k, v in counts("judgement").items()},
             "refine": counts("refine_status"), "status": counts("status"),
             "fallback_parses": int(df["fallback_parse"].sum()),
-            "prompt_tokens": int(df["prompt_tokens"].sum()),
-            "completion_tokens": int(df["completion_tokens"].sum()),
-            "cost": float(df["cost"].sum()), "calls": int(df["calls"].sum()),
-            "seconds": round(seconds, 2)}
+            **usage_stats(df), "seconds": round(seconds, 2)}
 
 
 def merge(shards: list[DataRef], out_dir: Path) -> dict[str, Any]:
@@ -149,7 +164,10 @@ def summary_markdown(stats: dict[str, Any], seconds: float, ref: DataRef, model:
               for k, v in stats[s].items() if k.startswith("error:")}
     lines = [
         "# SFT data", "",
-        f"**{stats['usable']:,} of {n:,}** queries have a usable prompt (model `{model}`).",
+        f"**{stats['usable']:,} of {n:,}** queries are SFT targets (model `{model}`): the "
+        "generation judged Yes, or judged No and refined.",
+        "", "Not targets: " + (", ".join(f"{k} {v:,}" for k, v in sorted(
+            stats["status"].items()) if k != OK) or "none") + ".",
         "",
         "| measure | value |", "|---|---:|",
         f"| critique pass rate (judged Yes) | {_rate(yes, judged)} ({yes:,}/{judged:,}) |",
@@ -159,10 +177,7 @@ def summary_markdown(stats: dict[str, Any], seconds: float, ref: DataRef, model:
         f"| unparseable answers (all steps) | {unparseable:,} |",
         f"| lenient (fallback) parses | {stats['fallback_parses']:,} |",
         f"| errors | {', '.join(f'{k} {v}' for k, v in errors.items()) or 'none'} |",
-        f"| LLM calls | {stats['calls']:,} |",
-        f"| tokens (prompt + completion) | {stats['prompt_tokens']:,} + "
-        f"{stats['completion_tokens']:,} |",
-        f"| cost (USD, where litellm knows it) | {stats['cost']:.4f} |",
+        *usage_markdown(stats),
         f"| time | {seconds:.1f} s |",
         "", "| step | " + " | ".join(["ok", "refusal", "unparseable", "skipped", "errors"])
         + " |", "|---|---:|---:|---:|---:|---:|"]
@@ -171,7 +186,8 @@ def summary_markdown(stats: dict[str, Any], seconds: float, ref: DataRef, model:
         err = sum(v for k, v in c.items() if k.startswith("error:"))
         lines.append(f"| {step} | {c.get('ok', 0)} | {c.get('refusal', 0)} | "
                      f"{c.get('unparseable', 0)} | {c.get(SKIPPED, 0)} | {err} |")
-    lines += ["", f"Output: `{ref.path}` ({ref.rows:,} rows)."]
+    lines += ["", "Calls are counted when the rows were computed; shards found in Prefect's "
+              "cache made none.", "", f"Output: `{ref.path}` ({ref.rows:,} rows)."]
     return "\n".join(lines) + "\n"
 
 

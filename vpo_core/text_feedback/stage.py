@@ -4,21 +4,21 @@ makes a text pair (refined ≻ original) for D_text. Samples judged "Yes" go on 
 
 As in the official code, a refinement that spans several lines is not paired (the judge
 wrote something other than one prompt). Every sample stays in ``critiques`` with the
-status of each step.
+status of each step. Each sample runs its own chain (critique -> refine) with no barrier
+between samples; answers already in the call store are not asked again.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from vpo_core.config import LLMConfig
-from vpo_core.errors import StageFailed
-from vpo_core.llm.client import LLMClient, LLMRequest, LLMResult
+from vpo_core.llm.client import Ask, LLMClient, LLMRequest, LLMResult, raise_if_outage
+from vpo_core.llm.usage import row_usage, usage_stats
 from vpo_core.prompts.parsing import Parsed, extract_prompt, parse_verdict
 from vpo_core.prompts.templates import critique_messages, refine_messages
 from vpo_core.tables import DataRef, concat_tables, polars_schema, read_table, write_table
@@ -35,36 +35,42 @@ def _status(result: LLMResult, parsed: Parsed) -> str:
 
 
 def run_shard(samples: list[dict[str, Any]], shard: int, judge: LLMConfig, out_dir: Path,
-              api_key: str | None = None, model_cache: str | None = None) -> dict[str, Any]:
+              api_key: str | None = None, model_cache: str | None = None,
+              work_root: str | Path | None = None) -> dict[str, Any]:
     """Critique and refine one shard of samples; write its ``critiques`` and
-    ``text_pairs``. Raises StageFailed (writing nothing) when every critique failed."""
+    ``text_pairs``. When every call of a step failed, nothing is written: TransientError
+    for an outage (Prefect retries), StageFailed for a permanent error."""
     start = time.perf_counter()
-    client = LLMClient(judge, api_key, model_cache)
+    client = LLMClient(judge, api_key, model_cache, work_root)
     lenient = judge.parse_mode == "lenient"
-    rows = {_key(s): {**s, "calls": []} for s in samples}
-    asked = [k for k, r in rows.items() if r["status"] == "ok"]
-    messages = {k: critique_messages(rows[k]["query"], rows[k]["prompt"]) for k in asked}
-    results = client.run([LLMRequest(k, messages[k]) for k in asked])
-    if results and not any(r.ok for r in results):
-        kinds = Counter(r.status for r in results)
-        raise StageFailed(f"text-feedback shard {shard}: all {len(results)} critique calls "
-                          f"failed ({dict(kinds)}); first error: {results[0].error}")
-    for r in results:
-        parsed = parse_verdict(r.text, "judgement", lenient) if r.ok else Parsed(r.status)
-        rows[r.id].update(critique=r.text, judgement=parsed.value,
-                          critique_status=_status(r, parsed), calls=[r])
 
-    failing = [k for k in asked if rows[k].get("judgement") == "no"]
-    for r in client.run([LLMRequest(k, refine_messages(messages[k], rows[k]["critique"]))
-                         for k in failing]):
-        parsed = extract_prompt(r.text, lenient)
-        status = _status(r, parsed)
+    async def chain(sample: dict[str, Any], ask: Ask) -> dict[str, Any]:
+        row = {**sample, "calls": []}
+        if sample["status"] != "ok":
+            return row
+        asked = critique_messages(sample["query"], sample["prompt"])
+        crit = await ask(LLMRequest(_key(sample), asked))
+        verdict = parse_verdict(crit.text, "judgement", lenient) if crit.ok \
+            else Parsed(crit.status)
+        row["calls"].append(crit)
+        row.update(critique=crit.text, judgement=verdict.value,
+                   critique_status=_status(crit, verdict))
+        if verdict.value != "no":
+            return row
+        ref = await ask(LLMRequest(_key(sample), refine_messages(asked, crit.text)))
+        parsed = extract_prompt(ref.text, lenient)
+        status = _status(ref, parsed)
         if status == "ok" and "\n" in parsed.value.strip():
             status = "multiline"
-        rows[r.id]["calls"].append(r)
-        rows[r.id].update(refinement=r.text, refined=parsed.value, refine_status=status)
+        row["calls"].append(ref)
+        row.update(refinement=ref.text, refined=parsed.value, refine_status=status)
+        return row
 
-    critiques = pl.DataFrame([_critique_row(r) for r in rows.values()],
+    done = client.run_chains(samples, chain)
+    for step, index in (("critique", 0), ("refinement", 1)):
+        raise_if_outage([r["calls"][index] for r in done if len(r["calls"]) > index],
+                        f"text-feedback shard {shard} {step}")
+    critiques = pl.DataFrame([_critique_row(r) for r in done],
                              schema=polars_schema("critiques"))
     pairs = (critiques.filter(pl.col("refine_status") == "ok")
              .select("query_id", "query", "sample_index", chosen="refined", rejected="prompt"))
@@ -75,7 +81,6 @@ def run_shard(samples: list[dict[str, Any]], shard: int, judge: LLMConfig, out_d
 
 
 def _critique_row(row: dict[str, Any]) -> dict[str, Any]:
-    calls: list[LLMResult] = row["calls"]
     return {
         "query_id": row["query_id"], "query": row["query"],
         "sample_index": row["sample_index"], "prompt": row["prompt"],
@@ -83,10 +88,7 @@ def _critique_row(row: dict[str, Any]) -> dict[str, Any]:
         "critique_status": row.get("critique_status", f"{SKIPPED}:sample-{row['status']}"),
         "refinement": row.get("refinement"), "refined": row.get("refined"),
         "refine_status": row.get("refine_status", SKIPPED),
-        "render": row.get("judgement") == "yes",
-        "prompt_tokens": sum(c.prompt_tokens for c in calls),
-        "completion_tokens": sum(c.completion_tokens for c in calls),
-        "cost": sum(c.cost for c in calls),
+        "render": row.get("judgement") == "yes", **row_usage(row["calls"]),
     }
 
 
@@ -100,9 +102,7 @@ def stats(df: pl.DataFrame, seconds: float) -> dict[str, Any]:
             "judgement": counts("judgement"), "refine": counts("refine_status"),
             "to_render": int(df["render"].sum()),
             "text_pairs": int((df["refine_status"] == "ok").sum()),
-            "prompt_tokens": int(df["prompt_tokens"].sum()),
-            "completion_tokens": int(df["completion_tokens"].sum()),
-            "cost": float(df["cost"].sum()), "seconds": round(seconds, 2)}
+            **usage_stats(df), "seconds": round(seconds, 2)}
 
 
 def merge(shards: list[dict[str, DataRef]], out_dir: Path) -> dict[str, Any]:
