@@ -65,7 +65,7 @@ def run_chain(config: PipelineConfig, stop: Stage | None = None,
                 (S.text_feedback, text_feedback_flow, lambda: {"samples": r["samples"]}),
                 (S.render, render_flow, lambda: {"critiques": r["critiques"]}),
                 (S.score, score_flow, lambda: {"videos": r["videos"]}),
-                (S.pairs, pairs_flow, lambda: {"text_pairs": r["text_pairs"],
+                (S.pairs, pairs_flow, lambda: {"critiques": r["critiques"],
                                                "rewards": r["rewards"]}),
                 (S.train_dpo, train_dpo_flow, lambda: {"dpo_pairs": r["dpo_pairs"],
                                                        "sft_model": r["model"]})):

@@ -18,16 +18,18 @@ from vpo_core.workdir import activate
 
 @flow(name="pairs", log_prints=True)
 def pairs_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
-               text_pairs: DataRef | None = None, rewards: DataRef | None = None
+               critiques: DataRef | None = None, rewards: DataRef | None = None
                ) -> dict[str, DataRef]:
     """Video pairs (score gap above the margin, checklist dominance) merged with the text
-    pairs, text first, one per query by default."""
+    pairs (the refinements in ``critiques``), text first, one per query by default; the
+    chosen side always passes the hard principle checks."""
     start, work = time.perf_counter(), activate(config.work_dir)
-    if text_pairs is None or rewards is None:
+    if critiques is None or rewards is None:
         refs = run_chain(config, stop=Stage.pairs).refs
-        text_pairs, rewards = text_pairs or refs["text_pairs"], rewards or refs["rewards"]
-    out = run_cached(steps.build, work, force, stage="pairs", text_pairs=text_pairs,
-                     rewards=rewards, cfg=config.pairs)
+        critiques, rewards = critiques or refs["critiques"], rewards or refs["rewards"]
+    out = run_cached(steps.build, work, force, stage="pairs", critiques=critiques,
+                     rewards=rewards, cfg=config.pairs, checks=config.checks,
+                     seed=config.seed)
     ref, stats = out["dpo_pairs"], dict(out["stats"])
     stats.pop("queries_without_pair")
     publish_stage("pairs", stats_markdown("pairs", stats, {"dpo_pairs": ref},

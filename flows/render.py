@@ -27,8 +27,9 @@ def render_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
     """Render every sample judged "Yes" with the configured text-to-video pipeline."""
     work = activate(config.work_dir)
     critiques = critiques or run_chain(config, stop=Stage.render).refs["critiques"]
+    rows = to_render(critiques, config.text_feedback.gate_render)
     shards = [{"rows": part, "index": i, "cfg": config.render, "seed": config.seed}
-              for i, part in enumerate(chunks(to_render(critiques), config.render.shard_size))]
+              for i, part in enumerate(chunks(rows, config.render.shard_size))]
     merged = run_sharded(RENDER, work, force, shards, Where.of(config.placement, "render"))
     ref = merged["videos"]
     print(f"render: {ref.rows:,} videos ({merged['stats']['status']}) -> {ref.path}")

@@ -27,7 +27,8 @@ def sft_data_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
     task per shard: a re-run after a crash redoes only the unfinished shards."""
     work = activate(config.work_dir)
     queries = queries or run_chain(config, stop=Stage.sft_data).refs["queries"]
-    shards = [{"rows": rows, "index": i, "judge": config.judge, "cfg": config.sft_data}
+    shards = [{"rows": rows, "index": i, "judge": config.judge, "cfg": config.sft_data,
+               "checks": config.checks}
               for i, rows in enumerate(steps.plan(queries, config.sft_data.shard_size))]
     merged = run_sharded(
         SFT_DATA, work, force, shards,

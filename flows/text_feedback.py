@@ -28,7 +28,7 @@ def text_feedback_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = Fa
     work = activate(config.work_dir)
     samples = samples or run_chain(config, stop=Stage.text_feedback).refs["samples"]
     rows = read_table(samples, "samples").sort("query_id", "sample_index").to_dicts()
-    shards = [{"samples": part, "index": i, "judge": config.judge}
+    shards = [{"samples": part, "index": i, "judge": config.judge, "checks": config.checks}
               for i, part in enumerate(chunks(rows, config.text_feedback.shard_size))]
     merged = run_sharded(TEXT_FEEDBACK, work, force, shards,
                          Where.of(config.placement, "text-feedback", LLM_SHARDS_AT_ONCE))

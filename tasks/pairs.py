@@ -6,17 +6,18 @@ from pathlib import Path
 from typing import Any
 
 from tasks.caching import stage_task
-from vpo_core.config import PairsConfig
-from vpo_core.pairs.build import build_pairs, summary
+from vpo_core.config import ChecksConfig, PairsConfig
+from vpo_core.pairs.build import build_pairs, summary, text_candidates
 from vpo_core.tables import DataRef, read_table, write_table
 
-MODULES = ("vpo_core.pairs", "vpo_core.reward.checklist", "vpo_core.prompts")
+MODULES = ("vpo_core.pairs", "vpo_core.checks", "vpo_core.reward.checklist", "vpo_core.prompts")
 
 
 @stage_task(name="pairs-build", modules=MODULES)
-def build(text_pairs: DataRef, rewards: DataRef, cfg: PairsConfig,
-          out_dir: str) -> dict[str, Any]:
-    text, rewards_df = read_table(text_pairs, "text_pairs"), read_table(rewards, "rewards")
-    pairs = build_pairs(text, rewards_df, cfg)
+def build(critiques: DataRef, rewards: DataRef, cfg: PairsConfig, checks: ChecksConfig,
+          seed: int, out_dir: str) -> dict[str, Any]:
+    text = text_candidates(read_table(critiques, "critiques"))
+    rewards_df = read_table(rewards, "rewards")
+    pairs = build_pairs(text, rewards_df, cfg, checks, seed)
     return {"dpo_pairs": write_table(pairs, Path(out_dir) / "dpo_pairs.parquet", "dpo_pairs"),
-            "stats": summary(text, rewards_df, pairs, cfg)}
+            "stats": summary(text, rewards_df, pairs, cfg, checks)}

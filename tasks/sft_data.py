@@ -9,13 +9,13 @@ from prefect import task
 
 from tasks.caching import stage_task
 from tasks.llm import judge_api_key
-from vpo_core.config import LLMConfig, SftDataConfig
+from vpo_core.config import ChecksConfig, LLMConfig, SftDataConfig
 from vpo_core.sft_data import stage
 from vpo_core.tables import DataRef
 from vpo_core.workdir import current
 
-MODULES = ("vpo_core.sft_data", "vpo_core.shards", "vpo_core.llm", "vpo_core.prompts",
-           "vpo_core.models")
+MODULES = ("vpo_core.sft_data", "vpo_core.checks", "vpo_core.shards", "vpo_core.llm",
+           "vpo_core.prompts", "vpo_core.models")
 
 
 @task(name="sft-data-plan")
@@ -26,10 +26,10 @@ def plan(queries: DataRef, shard_size: int) -> list[list[dict[str, str]]]:
 
 @stage_task(name="sft-data-shard", modules=MODULES, data=("demonstrations.json",))
 def shard(rows: list[dict[str, str]], index: int, judge: LLMConfig, cfg: SftDataConfig,
-          out_dir: str) -> dict[str, Any]:
+          checks: ChecksConfig, out_dir: str) -> dict[str, Any]:
     work = current()  # the model cache and the call store; never part of a cache key
     return stage.run_shard(rows, index, judge, cfg, Path(out_dir), judge_api_key(judge),
-                           str(work.models), work.root)
+                           str(work.models), work.root, checks)
 
 
 @stage_task(name="sft-data-merge", modules=MODULES)

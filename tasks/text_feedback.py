@@ -7,20 +7,21 @@ from typing import Any
 
 from tasks.caching import stage_task
 from tasks.llm import judge_api_key
-from vpo_core.config import LLMConfig
+from vpo_core.config import ChecksConfig, LLMConfig
 from vpo_core.tables import DataRef
 from vpo_core.text_feedback import stage
 from vpo_core.workdir import current
 
-MODULES = ("vpo_core.text_feedback", "vpo_core.llm", "vpo_core.prompts", "vpo_core.models")
+MODULES = ("vpo_core.text_feedback", "vpo_core.checks", "vpo_core.llm", "vpo_core.prompts",
+           "vpo_core.models")
 
 
 @stage_task(name="text-feedback-shard", modules=MODULES)
-def shard(samples: list[dict[str, Any]], index: int, judge: LLMConfig,
+def shard(samples: list[dict[str, Any]], index: int, judge: LLMConfig, checks: ChecksConfig,
           out_dir: str) -> dict[str, Any]:
     work = current()  # the model cache and the call store; never part of a cache key
     return stage.run_shard(samples, index, judge, Path(out_dir), judge_api_key(judge),
-                           str(work.models), work.root)
+                           str(work.models), work.root, checks)
 
 
 @stage_task(name="text-feedback-merge", modules=MODULES)

@@ -183,10 +183,11 @@ def test_pairs_flow_without_any_pair_fails_with_reasons_and_keeps_the_table(
 
     rewards = write_table(_rewards(_reward("q", 0, 0.5), _reward("q", 1, 0.52)),
                           tmp_path / "rewards.parquet", "rewards")
-    text = write_table(_text_pairs(), tmp_path / "text_pairs.parquet", "text_pairs")
+    critiques = write_table(pl.DataFrame(schema=polars_schema("critiques")),
+                            tmp_path / "critiques.parquet", "critiques")
     cfg = PipelineConfig(work_dir=tmp_path / "work", pairs=PairsConfig(margin=0.05))
     with pytest.raises(StageFailed, match=r"no DPO pair from 1 queries .*gap") as err:
-        pairs_flow(cfg, text_pairs=text, rewards=rewards)
+        pairs_flow(cfg, critiques=critiques, rewards=rewards)
     kept = list((tmp_path / "work").rglob("dpo_pairs.parquet"))
     assert len(kept) == 1 and str(kept[0]) in str(err.value)
 
@@ -215,3 +216,46 @@ def test_first_valid_rule_is_the_official_loop() -> None:
         got = build_pairs(None, _rewards(*rows), rule)
         pairs = [(int(c.split("-")[1]), int(r.split("-")[1])) for _, c, r in _pairs_of(got)]
         assert pairs == ([expected] if expected else []), (trial, rows)
+
+
+def _candidates(*rows: tuple[str, int, str]) -> pl.DataFrame:
+    """Candidate text pairs as text_candidates() gives them: (query, sample, status)."""
+    return pl.DataFrame([{"query_id": q, "query": f"query {q}", "sample_index": i,
+                          "chosen": f"refined {q}-{i}", "rejected": f"prompt {q}-{i}",
+                          "status": st} for q, i, st in rows])
+
+
+def test_official_text_pair_rule_chooses_before_it_drops() -> None:
+    """process_data.py: one refinement per query (at random), then multi-line ones are
+    dropped, so a query whose drawn refinement spans lines has no text pair even when
+    another of its refinements is fine; valid-first takes that other one."""
+    official = CFG.model_copy(update={"text_pair_rule": "official"})
+    drawn = {}
+    for seed in range(40):
+        cands = _candidates(("q", 0, "multiline"), ("q", 1, "ok"), ("q", 2, "check:debris"))
+        pairs = build_pairs(cands, _rewards(), official, seed=seed)
+        drawn[seed] = _pairs_of(pairs)
+        again = build_pairs(cands, _rewards(), official, seed=seed)
+        assert _pairs_of(again) == drawn[seed]                  # seeded: reproducible
+    kept = [p for p in drawn.values() if p]
+    assert kept and len(kept) < len(drawn)                     # sometimes none, by draw
+    assert all(p == [("q", "refined q-1", "prompt q-1")] for p in kept)
+    first = build_pairs(_candidates(("q", 0, "multiline"), ("q", 1, "ok")), _rewards(), CFG)
+    assert _pairs_of(first) == [("q", "refined q-1", "prompt q-1")]
+
+
+def test_the_chosen_side_passes_the_hard_checks() -> None:
+    from vpo_core.config import ChecksConfig
+
+    loop = "a fox, a fox, a fox, a fox, a fox, a fox, a fox, a fox, a fox, a fox, a fox"
+    good = ("A red fox trots across a snowy meadow at dawn, soft golden light, slow "
+            "tracking camera, breath clouds in the cold air.")
+    rewards = _rewards({**_reward("q", 0, 2.0), "prompt": loop},
+                       {**_reward("q", 1, 1.0), "prompt": good},
+                       {**_reward("q", 2, 0.0), "prompt": good + " Calm mood."})
+    pairs = build_pairs(None, rewards, CFG, ChecksConfig())
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"])
+            for r in pairs.iter_rows(named=True)] == [(good, good + " Calm mood.")]
+    assert build_pairs(None, rewards, CFG)["chosen"][0][0]["content"] == loop   # unchecked
+    stats = summary(None, rewards, pairs, CFG, ChecksConfig())
+    assert stats["video_pairs_dropped_by_checks"] == 2          # 0>1 and 0>2

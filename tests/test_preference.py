@@ -96,6 +96,34 @@ def test_text_feedback_critiques_refines_and_pairs(tmp_path: Path, judge: LLMCon
     assert merged["stats"]["text_pairs"] == pairs.height
 
 
+def test_a_sample_failing_a_hard_check_is_a_no_without_a_judge_call(
+        tmp_path: Path, judge: LLMConfig, fake_llm) -> None:
+    """A looping sample and one naming a -neg term: no critique request reaches the
+    server; both are refined as usual; none of them is rendered; the gate off renders
+    every whole sample (the strict 'w/o TL FDBK' ablation)."""
+    loop = {**_samples()[0], "query_id": "loop", "query": "a fox in snow",
+            "prompt": "a fox in snow, a fox in snow, " * 12}
+    neg = {**_samples()[0], "query_id": "neg", "query": "a city street at night -neg cars",
+           "prompt": "A rainy city street at night, neon signs reflected in puddles, cars "
+                     "passing slowly under the lights while the camera glides forward."}
+    samples = [*_samples()[:2], loop, neg]
+    out = run_shard(samples, 0, judge, tmp_path)
+    crit = read_table(out["critiques"], "critiques")
+    failed = crit.filter(~pl.col("checks_passed"))
+    assert failed["query_id"].to_list() == ["loop", "neg"]
+    assert failed["critique_status"].to_list() == ["check:repetition", "check:neg-violation"]
+    assert failed["check_findings"].to_list()[0][0] == "repetition"
+    assert (failed["judgement"] == "no").all() and not failed["render"].any()
+    critiqued = [k for k in fake_llm.fake.requests if "Step-by-step verification" in k]
+    assert len(critiqued) == 2                                 # only the two clean samples
+    assert all("a fox in snow, a fox" not in k and "cars passing" not in k
+               for k in critiqued)
+    assert all(s in ("ok", "multiline") or s.startswith("check:")
+               for s in failed["refine_status"])
+    assert len(to_render(out["critiques"], gate=False)) == 4
+    assert len(to_render(out["critiques"])) == int(crit["render"].sum())
+
+
 def test_text_feedback_fails_loudly_when_the_judge_is_unreachable(tmp_path: Path,
                                                                   judge: LLMConfig) -> None:
     dead = judge.model_copy(update={"api_base": "http://127.0.0.1:9/v1", "max_retries": 0})

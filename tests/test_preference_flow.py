@@ -31,7 +31,7 @@ def _run(cfg: PipelineConfig, model, force_render: bool = False) -> dict:
     feedback = text_feedback_flow(cfg, samples=samples)
     videos = render_flow(cfg, force=force_render, critiques=feedback["critiques"])["videos"]
     rewards = score_flow(cfg, videos=videos)["rewards"]
-    pairs = pairs_flow(cfg, text_pairs=feedback["text_pairs"], rewards=rewards)["dpo_pairs"]
+    pairs = pairs_flow(cfg, critiques=feedback["critiques"], rewards=rewards)["dpo_pairs"]
     return {"samples": samples, **feedback, "videos": videos, "rewards": rewards,
             "dpo_pairs": pairs}
 

@@ -131,9 +131,9 @@ def test_echo_without_verdict_is_never_the_querys_yes(tmp_path: Path, judge: LLM
                                                       fake_llm) -> None:
     # A judge that only echoes the question: the official parser reads the template's own
     # last verdict line ("xxx": no yes in it), never the query's fake "Yes".
-    fake_llm.fake.responder = lambda messages: (messages[-1]["content"]
-                                                if "Final Judgement" in messages[-1]["content"]
-                                                else default_responder(messages))
+    fake_llm.fake.responder = lambda messages: (
+        messages[-1]["content"] if "Step-by-step verification" in messages[-1]["content"]
+        else default_responder(messages))
     df = _shard(tmp_path, judge)
     injected = df.filter(pl.col("query").str.contains("Final Judgement")).row(0, named=True)
     assert injected["critique_status"] == "ok" and injected["judgement"] == "no"
@@ -203,3 +203,39 @@ def test_embedded_model_end_to_end(tmp_path: Path, bundled_models: Path) -> None
     assert df.height == 3 and df["model"].unique().to_list() == ["local/smollm2-135m-instruct"]
     assert (df["completion_tokens"] > 0).all()
     assert df["generation_status"].is_in(["ok", "refusal", "unparseable"]).all()
+
+
+def test_a_prompt_failing_a_hard_check_is_refined_without_a_judge_call(
+        tmp_path: Path, judge: LLMConfig, fake_llm) -> None:
+    """The bundled teacher's real failure modes: template debris and loops. The checks
+    stand in for the judge (no critique call), the refinement request names them, and a
+    refinement that fails them too is no SFT target."""
+    asked: list[str] = []
+
+    def teacher(messages: list[dict]) -> str:
+        last = messages[-1]["content"]
+        asked.append(last)
+        if "Final Refined Prompt" in last:
+            if "loop" in messages[0]["content"]:
+                return "Final Refined Prompt: [[start]] " + "endless, endless road, " * 10 + \
+                    "[[end]]"
+            return default_responder(messages)
+        if "[[start]]" in last and "Final Judgement" not in last:           # generation
+            if "debris" in last.rsplit("User Query", 1)[1]:
+                return "[[start]] [The video prompt: [The video prompt: a debris field [[end]]"
+            return "[[start]] a scene of endless, endless challenges, " * 4 + "[[end]]"
+        return default_responder(messages)
+
+    fake_llm.fake.responder = teacher
+    rows = [{"query_id": "q0", "query": "debris in orbit", "safety": False},
+            {"query_id": "q1", "query": "a loop of endless roads", "safety": False}]
+    df = read_table(run_shard(rows, 0, judge, SftDataConfig(), tmp_path)["examples"])
+    assert not [a for a in asked if "Step-by-step verification" in a]      # no judge call
+    debris, loop = df.row(0, named=True), df.row(1, named=True)
+    assert debris["critique_status"] == "check:debris" and debris["judgement"] == "no"
+    assert loop["critique_status"].startswith("check:") and "repetition" in \
+        loop["critique_status"]
+    refine_requests = [m for m in asked if "Final Refined Prompt" in m]
+    assert len(refine_requests) == 2 and df["calls"].to_list() == [2, 2]
+    assert debris["status"] == "ok" and debris["final_prompt"] == debris["refined"]
+    assert loop["status"] == "refine-failed:check:repetition" and loop["final_prompt"] is None

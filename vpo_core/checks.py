@@ -190,3 +190,16 @@ def check_prompt(query: str, prompt: str | None, cfg: ChecksConfig, *, cut_off: 
         findings.append((LOW_COVERAGE, f"keeps {cover:.0%} of the query's content words"))
     return CheckResult(tuple(Finding(c, c in hard, d) for c, d in findings), len(words), cover,
                        {"distinct_2": distinct_2(words), "repeated_share": loop})
+
+
+def critique_text(result: CheckResult) -> str:
+    """The critique a failed check stands in for, in the official critique's format: the
+    refinement turn that follows names what to fix, and no judge was asked."""
+    return ("Step-by-step verification: the video prompt fails the principle checks: "
+            f"{result.describe()}.\nFinal Judgement (Yes or No): No")
+
+
+def answer_cut_off(status: str, completion_tokens: int, budget: int | None) -> bool:
+    """An answer that stopped at its token budget, or (strict parsing) a prompt without
+    its closing marker."""
+    return status == CUT_OFF or (budget is not None and completion_tokens >= budget)

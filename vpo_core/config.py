@@ -155,6 +155,16 @@ class LLMConfig(Section):
         "api_base, else litellm.")
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int = Field(64, ge=1, description="Longest answer in tokens (paper: 1024).")
+    prompt_max_tokens: int | None = Field(None, ge=1, description="Longest answer that is a "
+                                          "video prompt (generation, refinement): it needs "
+                                          "room for ~100 words; empty = max_tokens.")
+    system_prompt: str | None = Field(None, description="A system message sent before every "
+                                      "request that has none (the paper preset: the "
+                                      "official code's).")
+    repetition_penalty: float = Field(1.0, ge=1.0, description="The embedded local model "
+                                      "only: penalty on tokens its answer already has.")
+    no_repeat_ngram_size: int = Field(0, ge=0, description="The embedded local model only: "
+                                      "no n-gram of this size twice in an answer.")
     seed: int | None = Field(0, description="Sampling seed sent with each request.")
     concurrency: int = Field(16, ge=1, description="Requests in flight at once (the local "
                              "model batches this many).")
@@ -289,7 +299,11 @@ class SampleConfig(Section):
 class TextFeedbackConfig(Section):
     """Text-level feedback: critique each sample, refine failures into text pairs."""
 
-    shard_size: int = Field(16, ge=1)
+    shard_size: int = Field(16, ge=1, description="Samples per cached shard.")
+    gate_render: bool = Field(True, description="Render only the samples the critique "
+                              "passed; false renders every sample (with pairs.text_feedback "
+                              "false: the strict reading of the 'w/o TL FDBK' ablation, no "
+                              "text feedback at all).")
 
 
 class RenderConfig(Section):
@@ -328,6 +342,11 @@ class PairsConfig(Section):
                           "this (paper: 0.5 on the 64-question checklist score, whose range "
                           "is 0-6.3; frame-metrics scores lie in 0-1).")
     one_per_query: bool = Field(True, description="Keep one video pair per query.")
+    text_pair_rule: Literal["official", "valid-first"] = Field(
+        "valid-first", description="Which refinement of a query becomes its text pair: "
+        "'official' (process_data.py: one refinement per query chosen at random, seeded, "
+        "then dropped if it spans several lines or fails a hard check) or 'valid-first' "
+        "(this project's: the first valid one in sample order).")
     video_pair_rule: Literal["first-valid", "largest-gap"] = Field(
         "largest-gap", description="Which video pair of a query is kept: 'first-valid' (the "
         "official process_data.py: the first valid pair in sample order) or 'largest-gap' "

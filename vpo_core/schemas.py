@@ -85,17 +85,25 @@ SFT_EXAMPLES = pa.schema([
     _f("shard", pa.int32(), False),
     _f("generation", pa.string()),             # the teacher's raw answer
     _f("generated", pa.string()),              # the prompt parsed from it
-    _f("generation_status", pa.string(), False),   # ok / refusal / unparseable / error:<kind>
-    _f("critique", pa.string()),               # the judge's raw answer
+    _f("generation_status", pa.string(), False),   # ok / cut-off / refusal / unparseable /
+                                                   # error:<kind>
+    _f("generation_checks", pa.list_(pa.string()), False),  # the generation's failed checks
+    _f("critique", pa.string()),               # the judge's raw answer (or, when a hard
+                                               # check failed, the checks' own critique)
     _f("judgement", pa.string()),              # yes / no
-    _f("critique_status", pa.string(), False),     # ... or skipped
+    _f("critique_status", pa.string(), False),     # ok / check:<codes> (no judge call) /
+                                                   # ... or skipped
     _f("refinement", pa.string()),
     _f("refined", pa.string()),
-    _f("refine_status", pa.string(), False),       # ... or skipped (judged yes, refine off)
+    _f("refine_status", pa.string(), False),       # ... or skipped (judged yes, refine off);
+                                                   # check:<codes> when the refined prompt
+                                                   # fails a hard check
+    _f("final_checks", pa.list_(pa.string()), False),  # the target's flags (soft checks)
     _f("final_prompt", pa.string()),           # the SFT target: generated if judged yes,
                                                # refined if judged no and refined; else null
     _f("status", pa.string(), False),          # ok (a target), or why not: the generation's
-    # status, critique-<status>, refine-failed:<status>, judged-no-unrefined
+    # status, critique-<status>, refine-failed:<status> (incl. check:<codes>),
+    # judged-no-unrefined
     _f("error", pa.string()),                  # the first failed call's cause
     _f("fallback_parse", pa.bool_(), False),   # a lenient parse was needed somewhere
     _f("model", pa.string(), False),
@@ -118,6 +126,7 @@ SAMPLES = pa.schema([
                                                # (prompt kept for inspection, but only ok
                                                # samples are critiqued and rendered)
     _f("model", pa.string(), False),
+    _f("safety", pa.bool_(), False),           # a safety query (the checks spare its words)
     _f("seed", pa.int64(), False),             # the query's seed; sample i draws with
                                                # stable_seed(seed, i)
 ])
@@ -135,6 +144,8 @@ CRITIQUES = pa.schema([
     _f("refined", pa.string()),
     _f("refine_status", pa.string(), False),   # ok / multiline / unparseable / skipped / ...
     _f("render", pa.bool_(), False),           # judged yes: goes on to rendering
+    _f("check_findings", pa.list_(pa.string()), False),  # the sample's failed checks
+    _f("checks_passed", pa.bool_(), False),    # no hard check failed (else a No, no call)
     _f("error", pa.string()),                  # the first failed call's cause
     _f("prompt_tokens", pa.int64(), False),
     _f("completion_tokens", pa.int64(), False),

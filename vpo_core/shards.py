@@ -11,9 +11,10 @@ from vpo_core.tables import DataRef, read_table
 
 
 def split_shards(queries: DataRef, split: str, size: int) -> list[list[dict[str, Any]]]:
-    """Rows {query_id, query} of one split, in query-id order, ``size`` per shard."""
+    """Rows {query_id, query, safety} of one split, in query-id order, ``size`` per
+    shard (the principle checks spare a safety query's words)."""
     rows = (read_table(queries, "queries").filter(pl.col("split") == split)
-            .sort("query_id").select("query_id", "query").to_dicts())
+            .sort("query_id").select("query_id", "query", "safety").to_dicts())
     return chunks(rows, size)
 
 

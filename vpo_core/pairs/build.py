@@ -7,9 +7,16 @@ on every question (no yes → no) and better on at least one. By default one pai
 ``video_pair_rule: first-valid`` keeps the first valid pair in sample order, as the
 official code does (the ``paper`` preset); ``largest-gap`` the widest gap (ties: lowest
 chosen, then rejected, sample index). ``one_per_query=False`` keeps every valid pair.
-Text pairs (refined ≻ original) come first; with ``one_per_query`` each query keeps one
-pair and a text pair wins over a video pair (official: deduplicated by prompt, text first).
-``text_feedback=False`` keeps video pairs only (the paper's "w/o TL FDBK" ablation).
+Text pairs (refined ≻ original, from the text-feedback stage's ``critiques``) come first;
+with ``one_per_query`` each query keeps one pair and a text pair wins over a video pair
+(official: deduplicated by prompt, text first). ``text_pair_rule: official`` picks one
+refinement per query at random (seeded) among all that parsed and only then drops it if
+it spans several lines or failed a hard check, as ``process_data.py`` does;
+``valid-first`` takes the first valid one. ``text_feedback=False`` keeps video pairs only
+(the paper's "w/o TL FDBK" ablation).
+
+The chosen side of every pair passes the hard principle checks (:mod:`vpo_core.checks`);
+pairs whose chosen prompt fails one are dropped and counted.
 
 Output rows are in TRL's conversational format: ``prompt`` is the optimizer's own message
 for the query, ``chosen``/``rejected`` one assistant message each.
@@ -17,6 +24,7 @@ for the query, ``chosen``/``rejected`` one assistant message each.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from statistics import mean, median
@@ -24,7 +32,8 @@ from typing import Any
 
 import polars as pl
 
-from vpo_core.config import PairsConfig
+from vpo_core.checks import check_prompt
+from vpo_core.config import ChecksConfig, PairsConfig
 from vpo_core.prompts.templates import optimizer_messages
 from vpo_core.reward.checklist import dominates
 from vpo_core.tables import polars_schema
@@ -119,19 +128,50 @@ def _row(query_id: str, query: str, chosen: str, rejected: str, source: str,
             "chosen_score": chosen_score, "rejected_score": rejected_score}
 
 
-def build_pairs(text_pairs: pl.DataFrame | None, rewards: pl.DataFrame,
-                cfg: PairsConfig) -> pl.DataFrame:
-    """The DPO pairs (conforming to ``dpo_pairs``): text pairs first, then video pairs."""
+def text_candidates(critiques: pl.DataFrame) -> pl.DataFrame:
+    """Every refinement that parsed, as a candidate text pair with its status (``ok``,
+    ``multiline``, ``check:<codes>``)."""
+    return (critiques.filter(pl.col("refined").is_not_null())
+            .select("query_id", "query", "sample_index", chosen="refined", rejected="prompt",
+                    status="refine_status"))
+
+
+def choose_text_pairs(text: pl.DataFrame, cfg: PairsConfig, seed: int) -> pl.DataFrame:
+    """The text pairs, one per query unless ``one_per_query`` is off (see the module)."""
+    if "status" not in text.columns:
+        text = text.with_columns(status=pl.lit("ok"))
+    if cfg.text_pair_rule == "official" and cfg.one_per_query:
+        drawn = text.with_columns(draw=pl.Series([
+            hashlib.sha256(f"{seed}:{q}:{i}".encode()).hexdigest()
+            for q, i in text.select("query_id", "sample_index").iter_rows()],
+            dtype=pl.String))
+        chosen = drawn.sort("query_id", "draw").unique("query_id", keep="first",
+                                                       maintain_order=True).drop("draw")
+        return chosen.filter(pl.col("status") == "ok")
+    valid = text.filter(pl.col("status") == "ok").sort("query_id", "sample_index")
+    return valid.unique("query_id", keep="first", maintain_order=True) \
+        if cfg.one_per_query else valid
+
+
+def _passes(query: str, prompt: str, checks: ChecksConfig | None) -> bool:
+    return checks is None or check_prompt(query, prompt, checks).passed
+
+
+def build_pairs(text_pairs: pl.DataFrame | None, rewards: pl.DataFrame, cfg: PairsConfig,
+                checks: ChecksConfig | None = None, seed: int = 0) -> pl.DataFrame:
+    """The DPO pairs (conforming to ``dpo_pairs``): text pairs first, then video pairs.
+    ``text_pairs``: candidates (:func:`text_candidates`) or valid pairs (no status)."""
     rows: list[dict[str, Any]] = []
     texted: set[str] = set()
     if cfg.text_feedback and text_pairs is not None:
-        text = text_pairs.sort("query_id", "sample_index")
-        if cfg.one_per_query:
-            text = text.unique("query_id", keep="first", maintain_order=True)
+        text = choose_text_pairs(text_pairs, cfg, seed)
         for t in text.iter_rows(named=True):
+            if not _passes(t["query"], t["chosen"], checks):
+                continue
             rows.append(_row(t["query_id"], t["query"], t["chosen"], t["rejected"], "text"))
             texted.add(t["query_id"])
-    found = video_pairs(rewards, cfg.margin).pairs
+    found = [p for p in video_pairs(rewards, cfg.margin).pairs
+             if _passes(p.query, p.chosen_prompt, checks)]
     if cfg.one_per_query:
         found = [p for p in _best(found, cfg.video_pair_rule) if p.query_id not in texted]
     else:
@@ -142,10 +182,12 @@ def build_pairs(text_pairs: pl.DataFrame | None, rewards: pl.DataFrame,
 
 
 def summary(text_pairs: pl.DataFrame | None, rewards: pl.DataFrame, pairs: pl.DataFrame,
-            cfg: PairsConfig) -> dict[str, Any]:
-    """Pairs by source, video score-gap statistics, and the queries left without any pair
-    with the reason they have no video pair."""
+            cfg: PairsConfig, checks: ChecksConfig | None = None) -> dict[str, Any]:
+    """Pairs by source, video score-gap statistics, the valid pairs dropped because their
+    chosen prompt fails a hard check, and the queries left without any pair with the
+    reason they have no video pair."""
     found = video_pairs(rewards, cfg.margin)
+    failing = [p for p in found.pairs if not _passes(p.query, p.chosen_prompt, checks)]
     video = pairs.filter(pl.col("source") == "video")
     gaps = (video.get_column("chosen_score") - video.get_column("rejected_score")).to_list()
     paired = set(pairs.get_column("query_id").to_list())
@@ -163,6 +205,7 @@ def summary(text_pairs: pl.DataFrame | None, rewards: pl.DataFrame, pairs: pl.Da
         "queries_with_valid_video_pair": len({p.query_id for p in found.pairs}),
         "video_pairs_replaced_by_text": len({p.query_id for p in found.pairs} & texted)
         if cfg.one_per_query else 0,
+        "video_pairs_dropped_by_checks": len(failing),
         "score_gap": {"min": min(gaps), "mean": mean(gaps), "median": median(gaps),
                       "max": max(gaps)} if gaps else None,
         "without_pair": dict(Counter(without.values())),

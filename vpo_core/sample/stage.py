@@ -100,7 +100,7 @@ def sample_shard(rows: list[dict[str, str]], model: str, cfg: SampleConfig, seed
         for i, g in enumerate(gens):
             out.append({**row, "sample_index": i, "prompt": (g.text or None) if g else None,
                         "status": _status(g) if g else result, "model": model,
-                        "seed": qseed})
+                        "safety": bool(row.get("safety", False)), "seed": qseed})
     df = pl.DataFrame(out, schema=polars_schema("samples"))
     ref = write_table(df, out_dir / f"samples-{shard:05d}.parquet", "samples")
     return {"samples": ref, "stats": stats(df, time.perf_counter() - start)}

@@ -7,12 +7,17 @@ crash loses only the shard in flight (and with the call store, not even its answ
 Inside a shard each query runs its own chain of calls, generate -> critique -> refine,
 with no barrier between queries; the shards of a stage share the process's limits.
 
-A row is an SFT target (``final_prompt``, status ``ok``) only when its generation was
-judged Yes, or judged No and refined (paper §3.2). Every other row stays in the table
-with its reason in ``status``: the generation's status (``refusal``, ``unparseable``,
+Every prompt goes through the principle checks (:mod:`vpo_core.checks`): a generation
+failing a hard check is a No without a judge call, and goes to refinement with the failed
+checks as its critique; a refinement failing one is no target.
+
+A row is an SFT target (``final_prompt``, status ``ok``) only when its generation passed
+the checks and was judged Yes, or was judged No (by the judge or the checks) and refined
+into a prompt that passes them (paper §3.2). Every other row stays in the table with its
+reason in ``status``: the generation's status (``refusal``, ``unparseable``,
 ``error:<kind>``), ``critique-<status>`` (``critique-error:<kind>``,
-``critique-unparseable``, ``critique-refusal``), ``refine-failed:<status>``, or
-``judged-no-unrefined`` when refinement is off.
+``critique-unparseable``, ``critique-refusal``), ``refine-failed:<status>`` (including
+``refine-failed:check:<codes>``), or ``judged-no-unrefined`` when refinement is off.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import Any
 
 import polars as pl
 
-from vpo_core.config import LLMConfig, SftDataConfig
+from vpo_core.checks import CheckResult, answer_cut_off, check_prompt, critique_text
+from vpo_core.config import ChecksConfig, LLMConfig, SftDataConfig
 from vpo_core.llm.client import Ask, LLMClient, LLMRequest, LLMResult, raise_if_outage
 from vpo_core.llm.usage import row_usage, usage_markdown, usage_stats
 from vpo_core.prompts.parsing import Parsed, extract_prompt, parse_verdict
@@ -46,10 +52,10 @@ def _status(result: LLMResult, parsed: Parsed) -> str:
 
 def _target(row: dict[str, Any], refine: bool) -> tuple[str | None, str]:
     """(final prompt, status): only vetted prompts become SFT targets."""
-    if row["generation_status"] != OK:
+    if not row.get("generated"):
         return None, row["generation_status"]
     critique = row.get("critique_status", SKIPPED)
-    if critique != OK:
+    if critique != OK and not critique.startswith("check:"):
         return None, f"critique-{critique}"
     if row["judgement"] == "yes":
         return row["generated"], OK
@@ -60,9 +66,16 @@ def _target(row: dict[str, Any], refine: bool) -> tuple[str | None, str]:
     return row["refined"], OK
 
 
+def _checked(query: dict[str, Any], result: LLMResult, parsed: Parsed, checks: ChecksConfig,
+             budget: int) -> CheckResult:
+    return check_prompt(query["query"], parsed.value, checks, safety=bool(query.get("safety")),
+                        cut_off=answer_cut_off(parsed.status, result.completion_tokens, budget))
+
+
 def run_shard(rows: list[dict[str, str]], shard: int, judge: LLMConfig, cfg: SftDataConfig,
               out_dir: Path, api_key: str | None = None, model_cache: str | None = None,
-              work_root: str | Path | None = None) -> dict[str, Any]:
+              work_root: str | Path | None = None, checks: ChecksConfig | None = None
+              ) -> dict[str, Any]:
     """Generate, critique and refine one shard; write its ``sft_examples`` rows.
 
     ``work_root`` holds the call store: answers already made (by any run, shard layout or
@@ -74,35 +87,52 @@ def run_shard(rows: list[dict[str, str]], shard: int, judge: LLMConfig, cfg: Sft
     lenient = judge.parse_mode == "lenient"
     start = time.perf_counter()
 
-    async def chain(query: dict[str, str], ask: Ask) -> dict[str, Any]:
+    checks = checks or ChecksConfig()
+    budget = judge.prompt_max_tokens or judge.max_tokens
+
+    async def chain(query: dict[str, Any], ask: Ask) -> dict[str, Any]:
         qid, text = query["query_id"], query["query"]
-        gen = await ask(LLMRequest(qid, generation_messages(text)))
+        gen = await ask(LLMRequest(qid, generation_messages(text), max_tokens=budget))
         parsed = extract_prompt(gen.text, lenient)
-        row = {**query, "calls": [gen], "generation": gen.text, "generated": parsed.value,
-               "generation_status": _status(gen, parsed), "fallback": parsed.fallback}
+        row = {**query, "calls": [gen], "steps": {"generation": gen}, "generation": gen.text,
+               "generated": parsed.value, "generation_status": _status(gen, parsed),
+               "fallback": parsed.fallback}
         if not row["generated"]:
             return row
+        checked = _checked(query, gen, parsed, checks, budget)
+        row["generation_checks"] = [f.code for f in checked.findings]
         asked = critique_messages(text, row["generated"])
-        crit = await ask(LLMRequest(qid, asked))
-        verdict = parse_verdict(crit.text, "judgement", lenient) if crit.ok \
-            else Parsed(crit.status)
-        row["calls"].append(crit)
-        row.update(critique=crit.text, judgement=verdict.value,
-                   critique_status=_status(crit, verdict),
-                   fallback=row["fallback"] or verdict.fallback)
-        if not cfg.refine or verdict.value != "no":
+        if checked.passed:
+            crit = await ask(LLMRequest(qid, asked))
+            verdict = parse_verdict(crit.text, "judgement", lenient) if crit.ok \
+                else Parsed(crit.status)
+            row["calls"].append(crit)
+            row["steps"]["critique"] = crit
+            row.update(critique=crit.text, judgement=verdict.value,
+                       critique_status=_status(crit, verdict),
+                       fallback=row["fallback"] or verdict.fallback)
+        else:                          # a No without a judge call: the checks say why
+            row.update(critique=critique_text(checked), judgement="no",
+                       critique_status=checked.reason())
+        if not cfg.refine or row["judgement"] != "no":
             return row
-        ref = await ask(LLMRequest(qid, refine_messages(asked, crit.text)))
+        ref = await ask(LLMRequest(qid, refine_messages(asked, row["critique"]),
+                                   max_tokens=budget))
         refined = extract_prompt(ref.text, lenient)
+        status = _status(ref, refined)
+        if status == OK:
+            after = _checked(query, ref, refined, checks, budget)
+            status = after.reason() or OK
+            row["final_checks"] = after.flags
         row["calls"].append(ref)
-        row.update(refinement=ref.text, refined=refined.value,
-                   refine_status=_status(ref, refined),
+        row["steps"]["refinement"] = ref
+        row.update(refinement=ref.text, refined=refined.value, refine_status=status,
                    fallback=row["fallback"] or refined.fallback)
         return row
 
     done = client.run_chains(rows, chain)
-    for step, index in (("generation", 0), ("critique", 1), ("refinement", 2)):
-        raise_if_outage([r["calls"][index] for r in done if len(r["calls"]) > index],
+    for step in ("generation", "critique", "refinement"):
+        raise_if_outage([r["steps"][step] for r in done if step in r["steps"]],
                         f"sft-data shard {shard} {step}")
     table = pl.DataFrame([_row(r, shard, judge.model, cfg.refine) for r in done],
                          schema=polars_schema("sft_examples"))
@@ -116,6 +146,10 @@ def _row(row: dict[str, Any], shard: int, model: str, refine: bool) -> dict[str,
         "query_id": row["query_id"], "query": row["query"], "shard": shard,
         "generation": row.get("generation"), "generated": row.get("generated"),
         "generation_status": row["generation_status"],
+        "generation_checks": row.get("generation_checks", []),
+        "final_checks": (row.get("final_checks", []) if status == OK and
+                         row.get("judgement") == "no" else row.get("generation_checks", []))
+        if final else [],
         "critique": row.get("critique"), "judgement": row.get("judgement"),
         "critique_status": row.get("critique_status", SKIPPED),
         "refinement": row.get("refinement"), "refined": row.get("refined"),

@@ -74,7 +74,10 @@ def default_responder(messages: list[dict]) -> str:
     asked = next((q for m in reversed(messages) if m.get("role") == "user"
                   for q in re.findall(r"User Query: “(.*?)”", message_text(m["content"]),
                                       re.S)[-1:]), None)
-    topic = " ".join((asked or last[-80:]).split())[:120]
+    # what a teacher would depict: the query without its -flags (-ar 16:9, -neg people)
+    # and without template words a query may carry (injection attempts)
+    topic = re.split(r"\s[-—–]{1,2}[a-z]+\b|final\s+judge?ment|\[",
+                     " ".join((asked or last[-80:]).split()), flags=re.I)[0][:120]
     if "Final Refined Prompt" in last:
         return (f"Reflection on how to refine the Prompt: keep every detail.\nFinal Refined "
                 f"Prompt: [[start]] A refined, safe and detailed scene of {topic}, soft light, "

@@ -3,8 +3,11 @@ sample with the Figure 8 template; samples judged "No" are refined, and each ref
 makes a text pair (refined ≻ original) for D_text. Samples judged "Yes" go on to rendering.
 
 As in the official code, a refinement that spans several lines is not paired (the judge
-wrote something other than one prompt). Every sample stays in ``critiques`` with the
-status of each step. Each sample runs its own chain (critique -> refine) with no barrier
+wrote something other than one prompt). Every sample goes through the principle checks
+first (:mod:`vpo_core.checks`): one failing a hard check is a No without a judge call
+(``critique_status`` ``check:<codes>``, its critique the checks' own) and is refined as
+usual; a refinement failing one is not paired. Every sample stays in ``critiques`` with
+the status of each step. Each sample runs its own chain (critique -> refine) with no barrier
 between samples; answers already in the call store are not asked again.
 """
 
@@ -16,7 +19,8 @@ from typing import Any
 
 import polars as pl
 
-from vpo_core.config import LLMConfig
+from vpo_core.checks import check_prompt, critique_text
+from vpo_core.config import ChecksConfig, LLMConfig
 from vpo_core.llm.client import Ask, LLMClient, LLMRequest, LLMResult, raise_if_outage
 from vpo_core.llm.usage import row_usage, usage_stats
 from vpo_core.prompts.parsing import Parsed, extract_prompt, parse_verdict
@@ -36,7 +40,8 @@ def _status(result: LLMResult, parsed: Parsed) -> str:
 
 def run_shard(samples: list[dict[str, Any]], shard: int, judge: LLMConfig, out_dir: Path,
               api_key: str | None = None, model_cache: str | None = None,
-              work_root: str | Path | None = None) -> dict[str, Any]:
+              work_root: str | Path | None = None, checks: ChecksConfig | None = None
+              ) -> dict[str, Any]:
     """Critique and refine one shard of samples; write its ``critiques`` and
     ``text_pairs``. When every call of a step failed, nothing is written: TransientError
     for an outage (Prefect retries), StageFailed for a permanent error."""
@@ -44,31 +49,48 @@ def run_shard(samples: list[dict[str, Any]], shard: int, judge: LLMConfig, out_d
     client = LLMClient(judge, api_key, model_cache, work_root)
     lenient = judge.parse_mode == "lenient"
 
+    checks = checks or ChecksConfig()
+    budget = judge.prompt_max_tokens or judge.max_tokens
+
     async def chain(sample: dict[str, Any], ask: Ask) -> dict[str, Any]:
-        row = {**sample, "calls": []}
+        row = {**sample, "calls": [], "steps": {}}
         if sample["status"] != "ok":
             return row
+        safety = bool(sample.get("safety"))
+        checked = check_prompt(sample["query"], sample["prompt"], checks, safety=safety)
+        row.update(check_findings=[f.code for f in checked.findings],
+                   checks_passed=checked.passed)
         asked = critique_messages(sample["query"], sample["prompt"])
-        crit = await ask(LLMRequest(_key(sample), asked))
-        verdict = parse_verdict(crit.text, "judgement", lenient) if crit.ok \
-            else Parsed(crit.status)
-        row["calls"].append(crit)
-        row.update(critique=crit.text, judgement=verdict.value,
-                   critique_status=_status(crit, verdict))
-        if verdict.value != "no":
+        if checked.passed:
+            crit = await ask(LLMRequest(_key(sample), asked))
+            verdict = parse_verdict(crit.text, "judgement", lenient) if crit.ok \
+                else Parsed(crit.status)
+            row["calls"].append(crit)
+            row["steps"]["critique"] = crit
+            row.update(critique=crit.text, judgement=verdict.value,
+                       critique_status=_status(crit, verdict))
+        else:                          # a No without a judge call: the checks say why
+            row.update(critique=critique_text(checked), judgement="no",
+                       critique_status=checked.reason())
+        if row["judgement"] != "no":
             return row
-        ref = await ask(LLMRequest(_key(sample), refine_messages(asked, crit.text)))
+        ref = await ask(LLMRequest(_key(sample), refine_messages(asked, row["critique"]),
+                                   max_tokens=budget))
         parsed = extract_prompt(ref.text, lenient)
         status = _status(ref, parsed)
         if status == "ok" and "\n" in parsed.value.strip():
             status = "multiline"
+        if status == "ok":
+            status = check_prompt(sample["query"], parsed.value, checks, safety=safety,
+                                  cut_off=ref.completion_tokens >= budget).reason() or "ok"
         row["calls"].append(ref)
+        row["steps"]["refinement"] = ref
         row.update(refinement=ref.text, refined=parsed.value, refine_status=status)
         return row
 
     done = client.run_chains(samples, chain)
-    for step, index in (("critique", 0), ("refinement", 1)):
-        raise_if_outage([r["calls"][index] for r in done if len(r["calls"]) > index],
+    for step in ("critique", "refinement"):
+        raise_if_outage([r["steps"][step] for r in done if step in r["steps"]],
                         f"text-feedback shard {shard} {step}")
     critiques = pl.DataFrame([_critique_row(r) for r in done],
                              schema=polars_schema("critiques"))
@@ -88,7 +110,9 @@ def _critique_row(row: dict[str, Any]) -> dict[str, Any]:
         "critique_status": row.get("critique_status", f"{SKIPPED}:sample-{row['status']}"),
         "refinement": row.get("refinement"), "refined": row.get("refined"),
         "refine_status": row.get("refine_status", SKIPPED),
-        "render": row.get("judgement") == "yes", **row_usage(row["calls"]),
+        "render": row.get("judgement") == "yes",
+        "check_findings": row.get("check_findings", []),
+        "checks_passed": row.get("checks_passed", False), **row_usage(row["calls"]),
     }
 
 
@@ -115,7 +139,10 @@ def merge(shards: list[dict[str, DataRef]], out_dir: Path) -> dict[str, Any]:
     return out
 
 
-def to_render(critiques: DataRef) -> list[dict[str, Any]]:
-    """The samples judged "Yes": {query_id, query, sample_index, prompt}."""
-    return (read_table(critiques, "critiques").filter(pl.col("render"))
-            .select("query_id", "query", "sample_index", "prompt").to_dicts())
+def to_render(critiques: DataRef, gate: bool = True) -> list[dict[str, Any]]:
+    """The samples to render, {query_id, query, sample_index, prompt}: those judged "Yes",
+    or with ``gate`` off every sample that was written whole (an ablation without the
+    text check)."""
+    df = read_table(critiques, "critiques")
+    keep = pl.col("render") if gate else ~pl.col("critique_status").str.starts_with(SKIPPED)
+    return df.filter(keep).select("query_id", "query", "sample_index", "prompt").to_dicts()
