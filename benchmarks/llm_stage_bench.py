@@ -11,7 +11,8 @@ calls the rows made and took from the call store. Then each stage again with 25%
 input (requests against the new rows' own calls), again identically (Prefect's cache:
 zero requests), and forced (every task recomputed, every answer from the call store:
 zero requests). The server runs in its own process; the work directory is
-``vpo-work/bench/llm-stage`` (emptied first).
+``vpo-work/bench/llm-stage`` (emptied first). ``--simulate`` prints instead the floor a
+zero-overhead client reaches with the same latencies (a discrete-event simulation).
 """
 
 from __future__ import annotations
@@ -144,6 +145,48 @@ def _incremental(label: str, before: dict[str, Any], after: dict[str, Any], key:
             f"the new rows' calls at the first run's {per_call:.3f} requests per call)")
 
 
+def simulate(chains: int, extra: int, policy: str, concurrency: int, median: float,
+             sigma: float, seed: int) -> float:
+    """Wall time / ideal of ``chains`` chains of 1 + ``extra`` calls (plus one more for half
+    of them, like a refinement) with lognormal latencies, no faults and no overhead: the
+    floor any client reaches. ``policy``: 'step' (queued calls in step order, as the
+    engine serves them) or 'oldest' (the next call of an older chain first)."""
+    import heapq
+    import math
+    import random
+
+    rng, steps = random.Random(seed), random.Random(seed + 1)
+    needed = [1 + extra + (steps.random() < 0.5) for _ in range(chains)]
+    queue = [((0, c) if policy == "step" else (c,), c) for c in range(chains)]
+    heapq.heapify(queue)
+    done, running, now, served = [0] * chains, [], 0.0, 0.0
+    while queue or running:
+        while queue and len(running) < concurrency:
+            _, c = heapq.heappop(queue)
+            latency = rng.lognormvariate(math.log(median), sigma)
+            served += latency
+            heapq.heappush(running, (now + latency, c))
+        now, c = heapq.heappop(running)
+        done[c] += 1
+        if done[c] < needed[c]:
+            heapq.heappush(queue, ((done[c], c) if policy == "step" else (c,), c))
+    return now / (served / concurrency)
+
+
+def print_simulation(args: argparse.Namespace) -> None:
+    import statistics
+
+    print(f"== simulated floor (2,000 chains, concurrency {args.concurrency}, lognormal "
+          f"median {args.median} s, sigma {args.sigma}, 30 seeds): mean / max x ideal")
+    for stage, extra in (("sft-data (generate, critique, refine for half)", 1),
+                         ("text-feedback (critique, refine for half)", 0)):
+        for policy in ("step", "oldest"):
+            ratios = [simulate(2000, extra, policy, args.concurrency, args.median,
+                               args.sigma, seed) for seed in range(30)]
+            print(f"  {stage}, {policy} first: {statistics.mean(ratios):.3f} / "
+                  f"{max(ratios):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queries", type=int, default=2000)
@@ -152,7 +195,12 @@ def main() -> None:
     parser.add_argument("--median", type=float, default=1.5)
     parser.add_argument("--sigma", type=float, default=0.8)
     parser.add_argument("--fault-rate", type=float, default=0.05)
+    parser.add_argument("--simulate", action="store_true",
+                        help="only print the simulated floor of the two queue policies")
     args = parser.parse_args()
+    if args.simulate:
+        print_simulation(args)
+        return
     shutil.rmtree(WORK, ignore_errors=True)
     work = WorkDir.at(WORK).create()
     os.environ.update(prefect_env(work))

@@ -45,22 +45,28 @@ def test_clients_in_threads_share_one_limit() -> None:
     assert fake.max_in_flight == 4            # three clients, one gate of 4
 
 
-def test_chains_run_without_a_barrier_between_steps() -> None:
-    fake = FakeOpenAI(latency=0.05)
+async def _gen_then_crit(i: int, ask) -> tuple[str, str]:
+    first = await ask(LLMRequest(f"g{i}", [{"role": "user", "content": f"gen {i}"}]))
+    second = await ask(LLMRequest(f"c{i}", [{"role": "user", "content": f"crit {i}"}]))
+    return first.status, second.status
+
+
+def test_a_slow_call_holds_back_only_its_own_row() -> None:
+    fake = FakeOpenAI(latency=0.05, slow={"gen 0": 1.5})
     with ServerThread(fake) as srv:
-        client = LLMClient(_cfg(srv, concurrency=2))
+        start = time.monotonic()
+        results = LLMClient(_cfg(srv, concurrency=4)).run_chains(range(4), _gen_then_crit)
+    assert results == [("ok", "ok")] * 4
+    arrived = dict(zip(fake.requests, fake.arrivals, strict=True))
+    assert all(arrived[f"crit {i}"] - start < 0.9 for i in (1, 2, 3))   # no phase barrier
+    assert arrived["crit 0"] - start >= 1.5
 
-        async def chain(i: int, ask) -> tuple[str, str]:
-            first = await ask(LLMRequest(f"g{i}", [{"role": "user", "content": f"gen {i}"}]))
-            second = await ask(LLMRequest(f"c{i}", [{"role": "user",
-                                                     "content": f"crit {i}"}]))
-            return first.status, second.status
 
-        results = client.run_chains(range(8), chain)
-    assert results == [("ok", "ok")] * 8
-    order = list(fake.requests)                 # arrival order of the questions
-    assert order.index("crit 0") < order.index("gen 7")   # an older chain goes first
-    assert len(order) == 16
+def test_queued_calls_go_in_step_order() -> None:
+    fake = FakeOpenAI(latency=0.02)
+    with ServerThread(fake) as srv:
+        LLMClient(_cfg(srv, concurrency=1)).run_chains(range(3), _gen_then_crit)
+    assert list(fake.requests) == ["gen 0", "gen 1", "gen 2", "crit 0", "crit 1", "crit 2"]
 
 
 def test_exception_in_a_chain_reaches_the_caller_as_raised() -> None:

@@ -13,8 +13,8 @@ authentication, unknown model) fails its row at once. Every request comes back a
 
 Two ways to call: :meth:`LLMClient.run` answers a list of requests; :meth:`LLMClient.
 run_chains` runs a chain of dependent calls per item (generate -> critique -> refine)
-with no barrier between items: a slow call holds back only its own row, and the next
-call of an older chain goes before the first call of a newer one.
+with no barrier between items: a slow call holds back only its own row. When calls
+queue for a slot, earlier steps go first (see :class:`~vpo_core.llm.engine.PriorityGate`).
 
 Two transports share that machinery (:mod:`vpo_core.llm.transports`): litellm, which
 reaches any provider, and a direct HTTP path for OpenAI-compatible servers such as vLLM,
@@ -25,6 +25,7 @@ about 5 ms of CPU per call (see benchmarks/README.md).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -37,7 +38,7 @@ from typing import Any, TypeVar
 from vpo_core.config import LLMConfig
 from vpo_core.errors import StageFailed, TransientError
 from vpo_core.llm.batch import BatchAPI, BatchQueue, batch_target
-from vpo_core.llm.engine import Engine, Limits, engine
+from vpo_core.llm.engine import Engine, Limits, Priority, engine
 from vpo_core.llm.store import CallStore, Stored, open_store, request_key, store_location
 from vpo_core.llm.tokens import estimate_tokens
 from vpo_core.llm.transports import TRANSIENT_KINDS, CallError, Completion, make_transport
@@ -184,10 +185,10 @@ class LLMClient:
             lane.batch.chains_started(len(items))
 
         async def one(item: T) -> R:
-            priority = next(eng.sequence)
+            order, step = next(eng.sequence), itertools.count()
 
             async def ask(request: LLMRequest) -> LLMResult:
-                result = await lane.ask(request, priority)
+                result = await lane.ask(request, (next(step), order))
                 tally.add(request, result)
                 return result
 
@@ -248,7 +249,7 @@ class _Lane:
     scrub: Scrubber
     inflight: dict[str, asyncio.Future]
 
-    async def ask(self, request: LLMRequest, priority: int) -> LLMResult:
+    async def ask(self, request: LLMRequest, priority: Priority) -> LLMResult:
         """The store's answer; else the answer of the same request already in flight in
         this process (asked once, answered to all); else a call of its own."""
         cfg, start = self.cfg, time.perf_counter()
@@ -276,7 +277,7 @@ class _Lane:
                 del self.inflight[key]
                 future.set_result(result)
 
-    async def _call(self, request: LLMRequest, params: dict[str, Any], priority: int,
+    async def _call(self, request: LLMRequest, params: dict[str, Any], priority: Priority,
                     key: str, start: float) -> LLMResult:
         if self.batch is not None:
             done = await self.batch.ask(key, request.messages, params)
@@ -294,7 +295,7 @@ class _Lane:
                          done.completion_tokens, done.cost, attempts,
                          time.perf_counter() - start)
 
-    async def _attempts(self, request: LLMRequest, params: dict[str, Any], priority: int,
+    async def _attempts(self, request: LLMRequest, params: dict[str, Any], priority: Priority,
                         start: float) -> LLMResult:
         """Attempts until an answer, a permanent error or the last retry. The slot is held
         for each attempt only, never while waiting out a backoff."""

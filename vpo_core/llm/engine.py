@@ -30,22 +30,28 @@ from aiolimiter import AsyncLimiter
 from vpo_core.config import LLMConfig
 
 T = TypeVar("T")
+Priority = tuple[int, int]  # (step of the call in its chain, start order of the chain)
 
 
 class PriorityGate:
-    """A semaphore that hands free slots to the waiter with the lowest priority value.
+    """A semaphore that hands free slots to the waiter with the lowest priority.
 
-    Chains get their priority when they start, so the next call of an older chain
-    (critique, refinement) overtakes the first call of a newer one: rows finish in the
-    order they started and a stage's tail is one chain long, not one phase long.
+    A call's priority is (its step in its chain, the chain's start order): when calls
+    queue, every row's first call goes before any row's second, then in the order the
+    rows started. The calls with the most work behind them go first, so the work left at
+    the end is the rows' last calls, not whole chains: in a simulation of 2,000 chains at
+    concurrency 64 with lognormal latency (sigma 0.8) this ends closer to the ideal than
+    serving older rows first (1.065x against 1.079x on average for sft-data's chains;
+    ``python -m benchmarks.llm_stage_bench --simulate``).
+    No row ever waits for another row's call: a free slot takes whatever is queued.
     """
 
     def __init__(self, slots: int) -> None:
         self.slots, self.used = slots, 0
-        self._waiters: list[tuple[int, int, asyncio.Future]] = []
+        self._waiters: list[tuple[Priority, int, asyncio.Future]] = []
         self._order = itertools.count()
 
-    async def acquire(self, priority: int) -> None:
+    async def acquire(self, priority: Priority) -> None:
         if self.used < self.slots and not self._waiters:
             self.used += 1
             return

@@ -3,7 +3,8 @@ files and batches endpoints of the Batch API.
 
 Tests and benchmarks point the LLM client at it (``openai/<name>`` with ``api_base``), so
 the whole HTTP path runs: the OpenAI SDK, litellm, retries, timeouts and parsing. Latency
-is constant, or lognormal around a median (``latency_sigma`` > 0), like a real API's.
+is constant, or lognormal around a median (``latency_sigma`` > 0), like a real API's;
+``slow`` gives the requests whose last message contains a key that key's latency.
 Faults are chosen per request from a seeded schedule:
 
 - ``rate_limit``: 429 with a ``Retry-After`` header
@@ -98,6 +99,7 @@ class FakeOpenAI:
 
     latency: float = 0.0
     latency_sigma: float = 0.0
+    slow: dict[str, float] = field(default_factory=dict)  # last-message text -> latency
     fault_rate: float = 0.0
     faults: tuple[str, ...] = FAULTS
     retry_after: float = 0.2
@@ -171,7 +173,9 @@ class FakeOpenAI:
         self.conversations[conversation_key(messages)] += 1
         if (denied := self._unauthorised(request)) is not None:
             return denied
-        latency = self._latency()
+        last = message_text(messages[-1]["content"]) if messages else ""
+        latency = next((v for k, v in self.slow.items() if k in last), None)
+        latency = self._latency() if latency is None else latency
         if latency:
             self.latency_total += latency
             await asyncio.sleep(latency)
