@@ -112,3 +112,24 @@ def test_schedulers_are_the_official_ones(tmp_path) -> None:
     assert paper.sample.max_new_tokens == 2048 and paper.pairs.video_pair_rule == "first-valid"
     assert (paper.evaluate.reoptimize_rounds, paper.evaluate.temperature,
             paper.evaluate.top_p) == (4, 0.7, 1.0)
+
+
+def test_the_paper_judge_sends_the_official_system_message(judge, fake_llm) -> None:
+    """gpt4o_infer.py sends its system message before the critique (and so before the
+    refinement that continues it); the paper preset's judge does the same, and the call
+    store keys on it."""
+    from vpo_core.config import load_config
+    from vpo_core.llm.client import LLMClient, LLMRequest
+    from vpo_core.testing.openai_server import default_responder
+
+    paper = load_config("paper").judge
+    assert paper.system_prompt == OFFICIAL_SYSTEM_MESSAGE and paper.temperature == 0.7
+    seen: list[list[dict]] = []
+    fake_llm.fake.responder = lambda messages: seen.append(messages) or \
+        default_responder(messages)
+    cfg = judge.model_copy(update={"system_prompt": OFFICIAL_SYSTEM_MESSAGE})
+    asked = critique_messages("a dog", "A dog on grass.")
+    LLMClient(cfg).run([LLMRequest("a", asked)])
+    LLMClient(judge).run([LLMRequest("b", asked)])
+    assert seen[0][0] == {"role": "system", "content": OFFICIAL_SYSTEM_MESSAGE}
+    assert seen[0][1:] == asked and seen[1] == asked

@@ -41,7 +41,7 @@ def test_preference_stages_end_to_end_and_resume(tiny_config: PipelineConfig,
                                                  bundled_models: Path) -> None:
     cfg = tiny_config.model_copy(update={"judge": judge})
     cfg.curate.split = SplitConfig(sft=2, dpo=3, eval=1)
-    cfg.sample.k, cfg.sample.max_new_tokens, cfg.sample.shard_size = 2, 24, 2
+    cfg.sample.k, cfg.sample.max_new_tokens, cfg.sample.shard_size = 2, 160, 2
     cfg.render.shard_size = 2
     model = ref_for_dir(bundled_model_dir(bundled_models))
     out = _run(cfg, model)

@@ -253,6 +253,9 @@ class _Lane:
         """The store's answer; else the answer of the same request already in flight in
         this process (asked once, answered to all); else a call of its own."""
         cfg, start = self.cfg, time.perf_counter()
+        if cfg.system_prompt and request.messages[0].get("role") != "system":
+            request = replace(request, messages=[
+                {"role": "system", "content": cfg.system_prompt}, *request.messages])
         params = request_params(cfg, request)
         key = request_key(cfg.model, request.messages, params)
         if self.store is not None:

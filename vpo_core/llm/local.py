@@ -46,22 +46,32 @@ class LocalChatModel:
         self.lock = threading.Lock()
 
     def generate(self, conversations: list[list[dict]], max_new_tokens: int,
-                 temperature: float, seed: int | None) -> list[tuple[str, int, int]]:
-        """(text, prompt tokens, completion tokens) per conversation."""
+                 temperature: float, seed: int | None, repetition_penalty: float = 1.0,
+                 no_repeat_ngram_size: int = 0) -> list[tuple[str, int, int]]:
+        """(text, prompt tokens, completion tokens) per conversation; the repetition
+        control counts each answer's own tokens (see vpo_core.optimizer)."""
         import torch
+        from transformers import LogitsProcessorList
+
+        from vpo_core.optimizer import repetition_control
 
         tok = self.tokenizer
         texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
                  for c in conversations]
         batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         sample = temperature > 0
+        processors = LogitsProcessorList()
+        if repetition_penalty != 1.0 or no_repeat_ngram_size:
+            processors.append(repetition_control(
+                batch["input_ids"].shape[1], repetition_penalty, no_repeat_ngram_size,
+                {tok.eos_token_id, tok.pad_token_id}))
         with self.lock, torch.inference_mode():
             if sample and seed is not None:
                 torch.manual_seed(seed)
             out = self.model.generate(
                 **batch, max_new_tokens=max_new_tokens, do_sample=sample,
                 temperature=temperature if sample else None, top_p=None, top_k=None,
-                pad_token_id=tok.pad_token_id or tok.eos_token_id)
+                logits_processor=processors, pad_token_id=tok.pad_token_id or tok.eos_token_id)
         new = out[:, batch["input_ids"].shape[1]:]
         results = []
         for row, mask in zip(new, batch["attention_mask"], strict=True):
@@ -115,9 +125,10 @@ class _Batcher:
 class LocalProvider(CustomLLM):
     """litellm custom provider ``local``."""
 
-    def __init__(self, cache_root: str | None, batch_size: int) -> None:
+    def __init__(self, cache_root: str | None, batch_size: int,
+                 repetition: tuple[float, int] = (1.0, 0)) -> None:
         super().__init__()
-        self.cache_root, self.batch_size = cache_root, batch_size
+        self.cache_root, self.batch_size, self.repetition = cache_root, batch_size, repetition
         self._model: LocalChatModel | None = None
         self._load_lock = threading.Lock()
         self._batchers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -135,11 +146,11 @@ class LocalProvider(CustomLLM):
             raise ValueError(f"unknown local model {model!r}: the embedded one is "
                              f"local/{BUNDLED_NAME}")
 
-    @staticmethod
-    def _params(optional_params: dict) -> tuple[int, float, int | None]:
+    def _params(self, optional_params: dict) -> tuple[int, float, int | None, float, int]:
+        """What a generation depends on (requests with the same are batched together)."""
         return (int(optional_params.get("max_tokens") or 256),
                 float(optional_params.get("temperature") or 0.0),
-                optional_params.get("seed"))
+                optional_params.get("seed"), *self.repetition)
 
     @staticmethod
     def _response(model: str, text: str, prompt: int, completion: int) -> ModelResponse:
@@ -169,16 +180,20 @@ class LocalProvider(CustomLLM):
         return self._response(model, text, prompt, completion)
 
 
-_PROVIDERS: dict[tuple[str | None, int], LocalProvider] = {}
+_PROVIDERS: dict[tuple[str | None, int, float, int], LocalProvider] = {}
 
 
-def register_local_provider(cache_root: str | None, batch_size: int = 8) -> LocalProvider:
-    """Make ``local/smollm2-135m-instruct`` callable through litellm (idempotent)."""
-    key = (cache_root, batch_size)
+def register_local_provider(cache_root: str | None, batch_size: int = 8,
+                            repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0
+                            ) -> LocalProvider:
+    """Make ``local/smollm2-135m-instruct`` callable through litellm (idempotent), with
+    the judge configuration's repetition control."""
+    key = (cache_root, batch_size, repetition_penalty, no_repeat_ngram_size)
     provider = _PROVIDERS.get(key)
     if provider is None:
         loaded = next((p._model for p in _PROVIDERS.values() if p._model is not None), None)
-        provider = _PROVIDERS[key] = LocalProvider(cache_root, batch_size)
+        provider = _PROVIDERS[key] = LocalProvider(cache_root, batch_size,
+                                                   (repetition_penalty, no_repeat_ngram_size))
         provider._model = loaded  # one copy of the weights per process
     litellm.custom_provider_map = [
         *[e for e in litellm.custom_provider_map if e.get("provider") != LOCAL_PROVIDER],

@@ -214,7 +214,9 @@ def make_transport(cfg: LLMConfig, api_key: str | None, model_cache: str | None,
     if cfg.model.startswith("local/"):
         from vpo_core.llm.local import register_local_provider
 
-        register_local_provider(model_cache, batch_size=cfg.concurrency)
+        register_local_provider(model_cache, batch_size=cfg.concurrency,
+                                repetition_penalty=cfg.repetition_penalty,
+                                no_repeat_ngram_size=cfg.no_repeat_ngram_size)
     if uses_http(cfg):
         if not cfg.api_base or "/" not in cfg.model:
             raise ValueError("the http transport needs judge.api_base and an 'openai/<name>' "
