@@ -277,6 +277,9 @@ def test_optimizer_rounds_with_the_bundled_model(tmp_path: Path, judge_cfg: LLMC
     assert df.select("round", "query_id").rows() == [(1, "q0"), (1, "q1"), (2, "q0"),
                                                       (2, "q1")]
     assert df["prompt"].is_not_null().all() and (df["status"] == "ok").all()
+    # 8 tokens cut every answer: judged all the same, and failed by the checks as cut off
+    assert (df["generation_status"] == "cut-off").all() and not df["checks_passed"].any()
+    assert all("cut-off" in f for f in df["check_findings"])
     assert "| sft | 1 |" in out["markdown"]
 
 

@@ -320,13 +320,19 @@ class Optimizer:
                  sampling: Sampling | None = None) -> list[list[str]]:
         """For each query, its optimized prompt after each round (``iterations`` of them).
         When sampling, round r of a query is seeded by (seed, r, the query's text)."""
+        return [[g.text for g in rounds]
+                for rounds in self.optimize_generations(queries, iterations, sampling)]
+
+    def optimize_generations(self, queries: Sequence[str], iterations: int = 1,
+                             sampling: Sampling | None = None) -> list[list[Generation]]:
+        """:meth:`optimize` with each round's :class:`Generation` (was it cut off?)."""
         sampling = sampling or Sampling()
-        rounds: list[list[str]] = []
+        rounds: list[list[Generation]] = []
         current = list(queries)
         for r in range(iterations):
             seeds = [stable_seed(sampling.seed, r, q) for q in current]
-            current = [g.text for g in self.generate(current, sampling, seeds)]
-            rounds.append(current)
+            rounds.append(self.generate(current, sampling, seeds))
+            current = [g.text for g in rounds[-1]]
         return [list(per_query) for per_query in zip(*rounds, strict=True)]
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vpo_core.checks import CUT_OFF
 from vpo_core.config import LLMConfig
 from vpo_core.errors import StageFailed
 from vpo_core.llm.client import LLMClient, LLMRequest
@@ -90,8 +91,11 @@ class OptimizerMethod:
     load: Callable[[str], Optimizer] = Optimizer
 
     def __call__(self, queries: Sequence[str], rounds: int) -> dict[int, list[Prompt]]:
-        per_query = self.load(self.model).optimize(queries, rounds, self.sampling)
-        return {r + 1: [q[r] for q in per_query] for r in range(rounds)}
+        """Each round's prompts; one that stopped at the token budget is ``cut-off`` (still
+        judged; the principle checks count it as failed)."""
+        per_query = self.load(self.model).optimize_generations(queries, rounds, self.sampling)
+        return {r + 1: [Generated(q[r].text, CUT_OFF if q[r].truncated else "ok")
+                        for q in per_query] for r in range(rounds)}
 
 
 @dataclass(frozen=True)

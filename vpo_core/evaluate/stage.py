@@ -20,7 +20,7 @@ from typing import Any
 
 import polars as pl
 
-from vpo_core.checks import check_prompt
+from vpo_core.checks import CUT_OFF, check_prompt
 from vpo_core.config import ChecksConfig, LLMConfig
 from vpo_core.errors import InputError, StageFailed
 from vpo_core.evaluate.alignment import LOCAL, Judgement, label_prompts
@@ -70,7 +70,8 @@ def _prompts(queries: Sequence[Mapping[str, Any]], name: str, method: Method,
 
 
 def _judged(row: dict[str, Any], j: Judgement, checks: ChecksConfig) -> dict[str, Any]:
-    c = check_prompt(row["query"], row["prompt"], checks, safety=row.pop("safety"))
+    c = check_prompt(row["query"], row["prompt"], checks, safety=row.pop("safety"),
+                     cut_off=row["generation_status"] == CUT_OFF)
     return {**row, "label": j.label, "status": j.status, "judged_by": j.judged_by,
             "judge_answer": j.answer, "fallback": j.fallback, "error": j.error,
             "prompt_tokens": j.prompt_tokens, "completion_tokens": j.completion_tokens,

@@ -85,7 +85,7 @@ class LocalChatModel:
 @dataclass
 class _Pending:
     conversation: list[dict]
-    key: tuple[int, float, int | None]
+    key: tuple[Any, ...]
     future: asyncio.Future = field(repr=False)
 
 
@@ -97,10 +97,11 @@ class _Batcher:
         self.pending: list[_Pending] = []
         self.worker: asyncio.Task | None = None
 
-    async def generate(self, conversation: list[dict], max_new_tokens: int,
-                       temperature: float, seed: int | None) -> tuple[str, int, int]:
+    async def generate(self, conversation: list[dict], *key: Any) -> tuple[str, int, int]:
+        """One conversation's answer; ``key`` (budget, temperature, seed, repetition) is
+        what requests batched together must share."""
         future = asyncio.get_running_loop().create_future()
-        self.pending.append(_Pending(conversation, (max_new_tokens, temperature, seed), future))
+        self.pending.append(_Pending(conversation, key, future))
         if self.worker is None or self.worker.done():
             self.worker = asyncio.create_task(self._drain())
         return await future
