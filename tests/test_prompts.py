@@ -116,6 +116,18 @@ def test_lenient_judgement_reads_the_first_alignment_statement(critique: str,
     assert parse_verdict(critique, "judgement").status == "unparseable"
 
 
+def test_lenient_mode_reads_the_bundled_models_near_miss_markers() -> None:
+    """SmolLM2-135M writes "[Video Prompt: [start]] ..." for "[[start]] ...": lenient mode
+    reads the prompt after it (as a fallback); strict mode does not."""
+    answer = ("[Video Prompt: [start]] A Formula 1 car races along a coastal highway at "
+              "sunset, golden light on its sleek body. [end]]")
+    parsed = extract_prompt(answer, lenient=True)
+    assert (parsed.status, parsed.fallback) == ("ok", True)
+    assert parsed.value == ("A Formula 1 car races along a coastal highway at sunset, golden "
+                            "light on its sleek body.")
+    assert extract_prompt(answer).status == "unparseable"
+
+
 def test_a_prompt_without_its_end_marker_was_cut_off() -> None:
     cut = extract_prompt("[[start]] A calm lake at dawn, mist rising")
     assert (cut.status, cut.value) == ("cut-off", "A calm lake at dawn, mist rising")

@@ -34,7 +34,8 @@ _INTRO = re.compile(r"^\W*(the|this|in this|our)\s+(video|clip|footage|scene)\s+
                     r"(opens|begins|starts|shows|features|depicts|captures|is)\b|"
                     r"^\W*(this|in this)\s+(video|clip)\b", re.I)
 _DEBRIS = re.compile(
-    r"\[\[\s*(start|end)\s*\]\]|\[\s*the video prompt|\bvideo prompt\s*:|\buser query\s*:|"
+    r"\[{1,2}\s*(start|end)\s*\]{1,2}|\[\s*(the video prompt|title\s*:)|\bvideo prompt\s*[:(]|"
+    r"\buser query\s*:|"
     r"final\s+judge?ment|final\s+refined\s+prompt|reflection on how to refine|"
     r"step-by-step verification|\*\*(harmless|aligned|helpful)[^*]*\*\*|"
     r"in this task, your goal|please ensure that the generated|<\|[a-z_]+\|>|^#+\s",

@@ -37,6 +37,11 @@ _REFUSAL = re.compile(
     r"^\W*(i'?m sorry|i am sorry|sorry,? (but )?i|i apologi[sz]e|i (cannot|can ?not|can't|"
     r"won't|will not|am unable|'m unable|am not able)|as an ai\b|i must decline|"
     r"unfortunately,? i (cannot|can't))", re.I)
+# Near misses of the markers small models write ("[Video Prompt: [start]]", "[start]]"),
+# read in lenient mode only.
+_LOOSE_START = re.compile(r"\[?\s*(?:(?:the\s+)?video\s+prompt\s*:\s*)?\[{1,2}\s*start\s*\]{1,2}",
+                          re.I)
+_LOOSE_END = re.compile(r"\[{1,2}\s*end\s*\]{1,2}", re.I)
 _PREAMBLE = re.compile(
     r"^\s*((sure|okay|ok|certainly|of course|absolutely)[!,.]?\s*)?"
     r"((here\s+is|here's|below\s+is)[^:\n]*:|(final\s+refined\s+prompt|refined\s+prompt|"
@@ -97,6 +102,13 @@ def extract_prompt(text: str | None, lenient: bool = False) -> Parsed:
         return Parsed("refusal")
     if not lenient:
         return Parsed("unparseable")
+    loose = _LOOSE_START.search(text)
+    if loose:
+        body = text[loose.end():]
+        end = _LOOSE_END.search(body)
+        value = " ".join(unquote(body[:end.start()] if end else body).split())
+        if len(value.split()) >= MIN_FALLBACK_WORDS:
+            return Parsed("ok", value, fallback=True)
     body = _END.sub("", _PREAMBLE.sub("", text.strip(), count=1))
     paragraphs = [unquote(p) for p in re.split(r"\n\s*\n", body)]
     value = max(paragraphs, key=lambda p: len(p.split()), default="")
