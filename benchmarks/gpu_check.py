@@ -454,7 +454,9 @@ def part_prepare(sizes: Sizes, work: Path, bf16: bool) -> dict[str, Any]:
             "critique": None, "judgement": "yes", "refinement": None, "refined": None,
             "generation_status": "ok", "critique_status": "ok", "refine_status": "skipped",
             "final_prompt": a, "status": "ok", "fallback_parse": False, "model": "gpu-check",
-            "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0, "calls": 2}
+            "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0, "calls": 2,
+            "generation_checks": [], "final_checks": [], "error": None, "cost_saved": 0.0,
+            "cached_calls": 0}
            for i, q in enumerate(queries[:sft_rows]) for a in [answer(q)]]
     dpo = [{"prompt": optimizer_messages(q),
             "chosen": [{"role": "assistant", "content": answer(q)}],

@@ -38,7 +38,8 @@ def _sft_examples() -> pl.DataFrame:
         "critique_status": "ok", "refinement": None, "refined": None,
         "refine_status": "skipped", "final_prompt": f"{q}, cinematic", "status": "ok",
         "fallback_parse": False, "model": "t", "prompt_tokens": 10, "completion_tokens": 5,
-        "cost": 0.0, "calls": 2} for i, q in enumerate(QUERIES[:2])])
+        "cost": 0.0, "calls": 2, "generation_checks": [], "final_checks": [], "error": None,
+        "cost_saved": 0.0, "cached_calls": 0} for i, q in enumerate(QUERIES[:2])])
 
 
 def _dpo_pairs() -> pl.DataFrame:

@@ -299,7 +299,8 @@ def test_the_videos_of_a_query_are_asked_the_same_questions(tmp_path: Path, judg
     scores of a query's videos compare the same answers (VisionReward's pair setting)."""
     seen: list[dict] = []
     fake_llm.fake.responder = _vlm_responder(seen)
-    paths = [_write_mp4(tmp_path / f"{i}.mp4", _smooth(t=12)) for i in range(2)]
+    # two different videos: identical requests would be one call (the engine dedupes them)
+    paths = [_write_mp4(tmp_path / f"{i}.mp4", _smooth(t=12, speed=2.0 + i)) for i in range(2)]
     videos = _videos([("q", 0, paths[0], "ok"), ("q", 1, paths[1], "ok")]).with_columns(
         pl.Series("prompt", ["A tabby cat naps on a sunny windowsill, soft light.",
                              "A cat, cinematic, 8k, dramatic lighting."]))

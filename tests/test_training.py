@@ -41,7 +41,9 @@ def _sft_examples(path: Path) -> Path:
              "critique": None, "judgement": "yes", "refinement": None, "refined": None,
              "generation_status": "ok", "critique_status": "ok", "refine_status": "skipped",
              "final_prompt": a, "status": "ok", "fallback_parse": False, "model": "t",
-             "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0, "calls": 2}
+             "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0, "calls": 2,
+             "generation_checks": [], "final_checks": [], "error": None, "cost_saved": 0.0,
+             "cached_calls": 0}
             for i, (q, a) in enumerate(ANSWERS.items())]
     rows.append({**rows[0], "query_id": "q9", "final_prompt": None,
                  "status": "error:unparseable"})
