@@ -3,6 +3,7 @@ with a cpu and a gpu process worker (configs/rehearsal.yaml: 1,000 SFT + 1,000 D
 eval queries, K = 4, the GPU stages placed on the gpu pool).
 
     python -m benchmarks.rehearsal [--root vpo-work/bench/rehearsal] [--kills 3] [--json F]
+                                   [--set curate.split.sft=200 ...]
 
 1. Starts the judge: the project's OpenAI-compatible server in its own process, latency
    lognormal (median 1 s, sigma 0.8), 5% transient faults (429 / 500 / malformed).
@@ -100,10 +101,11 @@ class MemorySampler(threading.Thread):
         return max(inside, default=0)
 
 
-def vpo_run(config: str, work: Path, api: str, judge_port: int) -> list[str]:
+def vpo_run(config: str, work: Path, api: str, judge_port: int,
+            overrides: list[str]) -> list[str]:
+    sets = [f"judge.api_base=http://127.0.0.1:{judge_port}/v1", *overrides]
     return [str(Path(sys.executable).parent / "vpo"), "run", "--config", config,
-            "--work-dir", str(work), "--set",
-            f"judge.api_base=http://127.0.0.1:{judge_port}/v1"]
+            "--work-dir", str(work), *[a for o in sets for a in ("--set", o)]]
 
 
 def run_env(api: str) -> dict[str, str]:
@@ -206,26 +208,29 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="a configuration override, as for vpo run "
+                        "(e.g. curate.split.sft=200 for a smaller rehearsal)")
     args = parser.parse_args()
 
     from flows.ui import down, up
     from vpo_core.workdir import WorkDir
 
-    root = args.root.resolve()
+    root, sets = args.root.resolve(), args.overrides
     root.mkdir(parents=True, exist_ok=True)
     judge_port = free_port()
     judge = start_judge(judge_port)
     ui_work = WorkDir.at(root / "ui")
     state = up(ui_work, port=free_port())
     api = state["api"]
-    out: dict[str, Any] = {"config": args.config}
+    out: dict[str, Any] = {"config": args.config, "overrides": args.overrides}
     try:
         workers = [pid for name, pid in state["pids"].items() if name.startswith("worker")]
         straight = root / "straight"
         sampler = MemorySampler([*workers])
         sampler.start()
         start = time.time()
-        proc = subprocess.Popen(vpo_run(args.config, straight, api, judge_port), cwd=ROOT,
+        proc = subprocess.Popen(vpo_run(args.config, straight, api, judge_port, sets), cwd=ROOT,
                                 env=run_env(api), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         sampler.pids.append(proc.pid)
@@ -245,7 +250,7 @@ def main() -> None:
         moments = sorted(rng.uniform(0.1, 0.9) * wall for _ in range(args.kills))
         resumes, t0 = [], time.time()
         for moment in moments:
-            proc = subprocess.Popen(vpo_run(args.config, killed, api, judge_port), cwd=ROOT,
+            proc = subprocess.Popen(vpo_run(args.config, killed, api, judge_port, sets), cwd=ROOT,
                                     env=run_env(api), stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, start_new_session=True)
             while time.time() - t0 < moment and proc.poll() is None:
@@ -255,7 +260,7 @@ def main() -> None:
                 proc.wait()
                 resumes.append(round(time.time() - t0, 1))
         t1 = time.time()
-        done = subprocess.run(vpo_run(args.config, killed, api, judge_port), cwd=ROOT,
+        done = subprocess.run(vpo_run(args.config, killed, api, judge_port, sets), cwd=ROOT,
                               env=run_env(api), capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"the resumed run failed:\n{done.stdout[-3000:]}"

@@ -14,7 +14,7 @@ MODULES = ("vpo_core.sample", "vpo_core.optimizer", "vpo_core.prompts", "vpo_cor
 
 
 @stage_task(name="sample-shard", modules=MODULES)
-def shard(rows: list[dict[str, str]], index: int, model: DataRef, cfg: SampleConfig,
+def shard(rows: list[dict[str, Any]], index: int, model: DataRef, cfg: SampleConfig,
           seed: int, out_dir: str) -> dict[str, Any]:
     return stage.sample_shard(rows, model.path, cfg, seed, Path(out_dir), index)
 

@@ -19,13 +19,13 @@ MODULES = ("vpo_core.sft_data", "vpo_core.checks", "vpo_core.shards", "vpo_core.
 
 
 @task(name="sft-data-plan")
-def plan(queries: DataRef, shard_size: int) -> list[list[dict[str, str]]]:
+def plan(queries: DataRef, shard_size: int) -> list[list[dict[str, Any]]]:
     """The SFT split cut into shards (read from the queries table)."""
     return stage.shard_queries(queries, shard_size)
 
 
 @stage_task(name="sft-data-shard", modules=MODULES, data=("demonstrations.json",))
-def shard(rows: list[dict[str, str]], index: int, judge: LLMConfig, cfg: SftDataConfig,
+def shard(rows: list[dict[str, Any]], index: int, judge: LLMConfig, cfg: SftDataConfig,
           checks: ChecksConfig, out_dir: str) -> dict[str, Any]:
     work = current()  # the model cache and the call store; never part of a cache key
     return stage.run_shard(rows, index, judge, cfg, Path(out_dir), judge_api_key(judge),

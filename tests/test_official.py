@@ -110,6 +110,7 @@ def test_schedulers_are_the_official_ones(tmp_path) -> None:
         built = config_cls(**{**args, "bf16": False, "use_cpu": True})
         assert built.lr_scheduler_type.value == scheduler and built.save_steps == 100
     assert paper.sample.max_new_tokens == 2048 and paper.pairs.video_pair_rule == "first-valid"
+    assert paper.pairs.text_pair_rule == "official"
     assert (paper.evaluate.reoptimize_rounds, paper.evaluate.temperature,
             paper.evaluate.top_p) == (4, 0.7, 1.0)
 

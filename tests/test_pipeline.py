@@ -60,7 +60,7 @@ def tiny_pipeline(tmp: Path, judge: LLMConfig, name: str, placed: bool = False) 
             "curate": {"input": str(src), "split": {"sft": 4, "dpo": 3, "eval": 2},
                        "safety": {"llm_recheck": False}},
             "sft_data": {"shard_size": 2}, "train_sft": train, "train_dpo": train,
-            "sample": {"k": 2, "max_new_tokens": 24, "shard_size": 2},
+            "sample": {"k": 2, "max_new_tokens": 160, "shard_size": 2},  # shorter: cut off
             "text_feedback": {"shard_size": 2}, "render": {"shard_size": 2},
             "pairs": {"margin": 0.0}, "evaluate": {"reoptimize_rounds": 2},
             "placement": {stage: "gpu" for stage in PLACED} if placed else {}}

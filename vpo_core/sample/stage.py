@@ -86,7 +86,7 @@ def _generate_all(generate: Generate, queries: list[str], seeds: list[int]
     return out
 
 
-def sample_shard(rows: list[dict[str, str]], model: str, cfg: SampleConfig, seed: int,
+def sample_shard(rows: list[dict[str, Any]], model: str, cfg: SampleConfig, seed: int,
                  out_dir: Path, shard: int, generate: Generate | None = None
                  ) -> dict[str, Any]:
     """Sample one shard of queries; write its ``samples`` rows (K per query)."""
