@@ -111,6 +111,10 @@ def test_schedulers_are_the_official_ones(tmp_path) -> None:
         assert built.lr_scheduler_type.value == scheduler and built.save_steps == 100
     assert paper.sample.max_new_tokens == 2048 and paper.pairs.video_pair_rule == "first-valid"
     assert paper.pairs.text_pair_rule == "official"
+    # no loop control and no prompt budget of the embedded default's: the official decoding
+    assert paper.judge.prompt_max_tokens is None and paper.judge.repetition_penalty == 1.0
+    for section in (paper.sample, paper.evaluate):
+        assert (section.repetition_penalty, section.no_repeat_ngram_size) == (1.0, 0)
     assert (paper.evaluate.reoptimize_rounds, paper.evaluate.temperature,
             paper.evaluate.top_p) == (4, 0.7, 1.0)
 

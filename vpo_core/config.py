@@ -85,9 +85,9 @@ class SafetyConfig(Section):
 class SplitConfig(Section):
     """Sizes of the SFT, DPO and evaluation sets (paper: 10k + 10k, ~10% safety)."""
 
-    sft: int = Field(12, ge=0, description="Queries for SFT data generation (paper: 10,000).")
+    sft: int = Field(24, ge=0, description="Queries for SFT data generation (paper: 10,000).")
     dpo: int = Field(8, ge=0, description="Queries for preference data (paper: 10,000).")
-    eval: int = Field(6, ge=0, description="Held-out queries for evaluation.")
+    eval: int = Field(8, ge=0, description="Held-out queries for evaluation.")
     safety_share: float = Field(0.1, ge=0, le=1, description="Share of safety queries in "
                                 "each split (paper: ~2k of 20k).")
 
@@ -155,16 +155,17 @@ class LLMConfig(Section):
         "api_base, else litellm.")
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int = Field(64, ge=1, description="Longest answer in tokens (paper: 1024).")
-    prompt_max_tokens: int | None = Field(None, ge=1, description="Longest answer that is a "
+    prompt_max_tokens: int | None = Field(192, ge=1, description="Longest answer that is a "
                                           "video prompt (generation, refinement): it needs "
                                           "room for ~100 words; empty = max_tokens.")
     system_prompt: str | None = Field(None, description="A system message sent before every "
                                       "request that has none (the paper preset: the "
                                       "official code's).")
-    repetition_penalty: float = Field(1.0, ge=1.0, description="The embedded local model "
-                                      "only: penalty on tokens its answer already has.")
-    no_repeat_ngram_size: int = Field(0, ge=0, description="The embedded local model only: "
-                                      "no n-gram of this size twice in an answer.")
+    repetition_penalty: float = Field(1.3, ge=1.0, description="The embedded local model "
+                                      "only: penalty on tokens its answer already has "
+                                      "(1.0: off).")
+    no_repeat_ngram_size: int = Field(3, ge=0, description="The embedded local model only: "
+                                      "no n-gram of this size twice in an answer (0: off).")
     seed: int | None = Field(0, description="Sampling seed sent with each request.")
     concurrency: int = Field(16, ge=1, description="Requests in flight at once (the local "
                              "model batches this many).")
@@ -269,7 +270,8 @@ class TrainConfig(Section):
 class TrainSftConfig(TrainConfig):
     """SFT of the policy (paper: lr 2e-6, 5 epochs, global batch 64, bf16, ZeRO-3)."""
 
-    epochs: float = Field(2, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    epochs: float = Field(3, gt=0)
     lr_scheduler_type: Literal["linear", "constant_with_warmup", "cosine", "constant"] = Field(
         "constant_with_warmup", description="Learning-rate schedule (official SFT: "
         "constant_with_warmup).")
@@ -281,12 +283,12 @@ class SampleConfig(Section):
     k: int = Field(4, ge=2, description="Samples per query (paper: 4).")
     temperature: float = Field(0.9, gt=0)
     top_p: float = Field(0.9, gt=0, le=1)
-    repetition_penalty: float = Field(1.0, ge=1.0, description="Penalty on tokens a sample "
+    repetition_penalty: float = Field(1.3, ge=1.0, description="Penalty on tokens a sample "
                                       "already has (1.0: off, as in the paper; the answer's "
                                       "own tokens only).")
-    no_repeat_ngram_size: int = Field(0, ge=0, description="No n-gram of this size twice in "
+    no_repeat_ngram_size: int = Field(3, ge=0, description="No n-gram of this size twice in "
                                       "a sample (0: off, as in the paper).")
-    max_new_tokens: int = Field(64, ge=1, description="Longest sampled prompt in tokens (the "
+    max_new_tokens: int = Field(160, ge=1, description="Longest sampled prompt in tokens (the "
                                 "official sampling, src/llama3_infer.py, allows 2048); a "
                                 "sample that hits it is marked cut off, not passed on.")
     backend: Literal["transformers", "vllm"] = "transformers"
@@ -368,7 +370,7 @@ class TrainDpoConfig(TrainConfig):
 class EvaluateConfig(Section):
     """Text-level alignment (Table 2) and iterative re-optimisation (Table 3)."""
 
-    reoptimize_rounds: int = Field(2, ge=0, description="Rounds of iterative refinement "
+    reoptimize_rounds: int = Field(1, ge=0, description="Rounds of iterative refinement "
                                    "(paper: 4).")
     video: bool = Field(False, description="Also render and score every method's prompts of "
                         "every round (the paper's Table 3 is video-level).")
@@ -378,9 +380,9 @@ class EvaluateConfig(Section):
                                "greedy (the official README samples at 0.7).")
     top_p: float = Field(1.0, gt=0, le=1, description="Top-p of the optimizers' sampling "
                          "(official: 1.0).")
-    repetition_penalty: float = Field(1.0, ge=1.0, description="Penalty on tokens an "
+    repetition_penalty: float = Field(1.3, ge=1.0, description="Penalty on tokens an "
                                       "optimizer's answer already has (1.0: off).")
-    no_repeat_ngram_size: int = Field(0, ge=0, description="No n-gram of this size twice in "
+    no_repeat_ngram_size: int = Field(3, ge=0, description="No n-gram of this size twice in "
                                       "an optimizer's answer (0: off).")
 
 
