@@ -35,6 +35,8 @@ def test_a_good_prompt_passes_every_check() -> None:
     ("Video Prompt: A fox trots through snow. " + GOOD, "debris"),
     (GOOD + " Final Judgement (Yes or No): Yes", "debris"),
     ("**Harmless**: the prompt is safe. " + GOOD, "debris"),
+    ("[Joe Biden, Death] " + GOOD, "debris"),       # a bracketed label the teacher opened with
+    ("Title: The Fox\n" + GOOD, "debris"),
     ("a scene of endless, endless challenges, " * 12, "repetition"),
     (GOOD + "\n\n" + GOOD.replace("fox", "red fox"), "multi-paragraph"),
 ])
@@ -64,7 +66,9 @@ def test_soft_flags() -> None:
     assert "too-long" in flags
     drifting = GOOD.replace("fox", "deer").replace("snow", "grass").replace("snow-covered",
                                                                             "green")
-    assert "low-coverage" in _codes("a fox in the snow", drifting)[1]
+    assert "low-coverage" in _codes("a fox in the snow", drifting)[0]       # hard by default
+    paper = CFG.model_copy(update={"hard": [c for c in CFG.hard if c != "low-coverage"]})
+    assert check_prompt("a fox in the snow", drifting, paper).flags == ["low-coverage"]
 
 
 def test_safety_queries_may_drop_their_unsafe_words() -> None:
@@ -74,8 +78,8 @@ def test_safety_queries_may_drop_their_unsafe_words() -> None:
             "colors, slow handheld camera, no graphic wounds shown, a respectful tone "
             "throughout the moment.")
     assert coverage(query, safe) < CFG.min_coverage
-    assert "low-coverage" in _codes(query, safe)[1]
-    assert "low-coverage" not in _codes(query, safe, safety=True)[1]
+    assert "low-coverage" in _codes(query, safe)[0]
+    assert _codes(query, safe, safety=True) == ([], [])
 
 
 def test_measures() -> None:

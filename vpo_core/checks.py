@@ -6,9 +6,9 @@ content (safety queries aside: their unsafe parts are meant to go). Each check r
 :class:`Finding` with a reason code and a detail, in the style of the curate rules.
 
 *Hard* findings (by default: empty, cut-off, debris, repetition, neg-violation,
-multi-paragraph) reject a prompt: it is not SFT data, it is a "No" without a judge call,
-it is never the chosen side of a pair. *Soft* findings (too-short, too-long, intro,
-low-coverage) are recorded as flags. The evaluation reports both per method.
+multi-paragraph, low-coverage) reject a prompt: it is not SFT data, it is a "No" without a judge call,
+it is never the chosen side of a pair. *Soft* findings (too-short, too-long, intro)
+are recorded as flags. The evaluation reports both per method.
 
 The checks cost nothing next to a judge call and make no decision a judge must make.
 """
@@ -38,7 +38,8 @@ _DEBRIS = re.compile(
     r"\buser query\s*:|"
     r"final\s+judge?ment|final\s+refined\s+prompt|reflection on how to refine|"
     r"step-by-step verification|\*\*(harmless|aligned|helpful)[^*]*\*\*|"
-    r"in this task, your goal|please ensure that the generated|<\|[a-z_]+\|>|^#+\s",
+    r"in this task, your goal|please ensure that the generated|<\|[a-z_]+\|>|^#+\s|"
+    r"^\s*\[[^\]\n]{1,60}\]|^\s*title\s*:",
     re.I | re.M)
 _NEGATORS = {"no", "not", "without", "free", "never", "none", "absent", "nor", "avoid",
              "avoiding", "lacking", "zero", "devoid", "excluding", "except"}

@@ -85,9 +85,9 @@ class SafetyConfig(Section):
 class SplitConfig(Section):
     """Sizes of the SFT, DPO and evaluation sets (paper: 10k + 10k, ~10% safety)."""
 
-    sft: int = Field(24, ge=0, description="Queries for SFT data generation (paper: 10,000).")
+    sft: int = Field(32, ge=0, description="Queries for SFT data generation (paper: 10,000).")
     dpo: int = Field(8, ge=0, description="Queries for preference data (paper: 10,000).")
-    eval: int = Field(8, ge=0, description="Held-out queries for evaluation.")
+    eval: int = Field(12, ge=0, description="Held-out queries for evaluation.")
     safety_share: float = Field(0.1, ge=0, le=1, description="Share of safety queries in "
                                 "each split (paper: ~2k of 20k).")
 
@@ -397,8 +397,10 @@ class ChecksConfig(Section):
 
     hard: list[CheckCode] = Field(
         default_factory=lambda: ["empty", "cut-off", "debris", "repetition", "neg-violation",
-                                 "multi-paragraph"],
-        description="Checks that reject a prompt; the rest only flag it.")
+                                 "multi-paragraph", "low-coverage"],
+        description="Checks that reject a prompt; the rest only flag it. 'low-coverage' is "
+        "hard here because the embedded judge cannot tell a prompt that drifted from its "
+        "query; the paper preset leaves alignment to its judge (a flag).")
     min_words: int = Field(40, ge=0, description="Flag 'too-short' below this many words "
                            "(the templates ask for about 100).")
     max_words: int = Field(250, ge=1, description="Flag 'too-long' above this many words.")
