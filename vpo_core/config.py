@@ -85,7 +85,7 @@ class SafetyConfig(Section):
 class SplitConfig(Section):
     """Sizes of the SFT, DPO and evaluation sets (paper: 10k + 10k, ~10% safety)."""
 
-    sft: int = Field(32, ge=0, description="Queries for SFT data generation (paper: 10,000).")
+    sft: int = Field(40, ge=0, description="Queries for SFT data generation (paper: 10,000).")
     dpo: int = Field(8, ge=0, description="Queries for preference data (paper: 10,000).")
     eval: int = Field(12, ge=0, description="Held-out queries for evaluation.")
     safety_share: float = Field(0.1, ge=0, le=1, description="Share of safety queries in "
@@ -270,8 +270,8 @@ class TrainConfig(Section):
 class TrainSftConfig(TrainConfig):
     """SFT of the policy (paper: lr 2e-6, 5 epochs, global batch 64, bf16, ZeRO-3)."""
 
-    learning_rate: float = Field(5e-5, gt=0)
-    epochs: float = Field(3, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
+    epochs: float = Field(4, gt=0)
     lr_scheduler_type: Literal["linear", "constant_with_warmup", "cosine", "constant"] = Field(
         "constant_with_warmup", description="Learning-rate schedule (official SFT: "
         "constant_with_warmup).")
