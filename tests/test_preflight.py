@@ -197,6 +197,14 @@ def test_policy_in_the_cache_is_sized_from_its_weights(tmp_path: Path,
     assert missing.field == "policy.model" and "does not exist" in missing.found
 
 
+def test_every_bundled_policy_is_known(tmp_path: Path) -> None:
+    """The rehearsal's random tiny Llama passes like the bundled SmolLM2; a typo does not."""
+    findings = run_checks(_config(tmp_path, **{"policy.model": "bundled:tiny-llama"}))
+    assert next(f for f in findings if f.field == "policy.model").level == "ok"
+    bad = _only_error(run_checks(_config(tmp_path, **{"policy.model": "bundled:tiny-lama"})))
+    assert "bundled:tiny-llama" in bad.fix and "bundled:smollm2-135m-instruct" in bad.fix
+
+
 @pytest.mark.parametrize(("sets", "field", "text"), [
     ({"curate.input": "/no/such/queries.csv"}, "curate.input", "no such file"),
     ({"score.backend": "checklist"}, "score.answers_file", "not set"),

@@ -22,6 +22,7 @@ from pathlib import Path
 BUNDLED_NAME = "smollm2-135m-instruct"
 TINY_LLAMA = "tiny-llama"
 BUNDLED_PREFIX = "bundled:"
+BUNDLED_MODELS = (BUNDLED_NAME, TINY_LLAMA)   # both need the bundled GGUF (its tokenizer)
 
 
 def gguf_file() -> Path:

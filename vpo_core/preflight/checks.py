@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vpo_core.config import LLMConfig, PipelineConfig, Stage
-from vpo_core.models.bundled import BUNDLED_NAME, BUNDLED_PREFIX, gguf_file
+from vpo_core.models.bundled import BUNDLED_MODELS, BUNDLED_NAME, BUNDLED_PREFIX, gguf_file
 from vpo_core.preflight import hub, space
 from vpo_core.preflight.findings import Finding, Reach
 from vpo_core.preflight.plan import ALL_STAGES, Plan
@@ -227,9 +227,10 @@ def check_policy(ctx: Context) -> list[Finding]:
         return []
     model = ctx.cfg.policy.model
     if model.startswith(BUNDLED_PREFIX):
-        if model != f"{BUNDLED_PREFIX}{BUNDLED_NAME}":
+        if model.removeprefix(BUNDLED_PREFIX) not in BUNDLED_MODELS:
             return [Finding("error", "policy.model", f"unknown bundled model {model!r}",
-                            f"the bundled one is {BUNDLED_PREFIX}{BUNDLED_NAME}")]
+                            "the bundled ones are " + ", ".join(
+                                BUNDLED_PREFIX + name for name in BUNDLED_MODELS))]
         ctx.params = hub.KNOWN_PARAMS[model]
         try:
             gguf_file()

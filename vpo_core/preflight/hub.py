@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
-from vpo_core.models.bundled import BUNDLED_NAME, BUNDLED_PREFIX
+from vpo_core.models.bundled import BUNDLED_NAME, BUNDLED_PREFIX, TINY_LLAMA
 from vpo_core.preflight.findings import Finding
 
 TRANSFORMERS_MARKER = "config.json"
 DIFFUSERS_MARKER = "model_index.json"
 # Parameter counts of models that are not read from a folder: the bundled SmolLM2 (counted
 # in its converted safetensors).
-KNOWN_PARAMS = {f"{BUNDLED_PREFIX}{BUNDLED_NAME}": 134_515_008}
+KNOWN_PARAMS = {f"{BUNDLED_PREFIX}{BUNDLED_NAME}": 134_515_008,
+                f"{BUNDLED_PREFIX}{TINY_LLAMA}": 3_219_776}
 # Weight formats a loader skips when safetensors are there (not downloaded, not counted).
 ALTERNATIVE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.onnx", "*.onnx_data",
                        "*.gguf", "*.ckpt", "original/*")
