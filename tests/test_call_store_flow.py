@@ -146,7 +146,8 @@ def test_text_feedback_rerun_with_new_shards_asks_nothing(tmp_path: Path, judge:
 
     rows = [{"query_id": f"q{i:02d}", "query": f"a red fox number {i} in the snow",
              "sample_index": j, "prompt": f"A red fox {i}.{j} runs through fresh snow.",
-             "status": "ok", "model": "m", "seed": 1} for i in range(6) for j in range(2)]
+             "status": "ok", "model": "m", "safety": False, "seed": 1}
+            for i in range(6) for j in range(2)]
     cfg = _config(tmp_path, judge, _queries(tmp_path, 0, 200))
     samples = write_table(pl.DataFrame(rows), Path(cfg.work_dir) / "samples.parquet",
                           "samples")

@@ -66,9 +66,9 @@ def test_soft_flags() -> None:
     assert "too-long" in flags
     drifting = GOOD.replace("fox", "deer").replace("snow", "grass").replace("snow-covered",
                                                                             "green")
-    assert "low-coverage" in _codes("a fox in the snow", drifting)[0]       # hard by default
-    paper = CFG.model_copy(update={"hard": [c for c in CFG.hard if c != "low-coverage"]})
-    assert check_prompt("a fox in the snow", drifting, paper).flags == ["low-coverage"]
+    assert "low-coverage" in _codes("a fox in the snow", drifting)[1]
+    strict = CFG.model_copy(update={"hard": [*CFG.hard, "low-coverage"]})
+    assert check_prompt("a fox in the snow", drifting, strict).hard == ["low-coverage"]
 
 
 def test_safety_queries_may_drop_their_unsafe_words() -> None:
@@ -78,7 +78,7 @@ def test_safety_queries_may_drop_their_unsafe_words() -> None:
             "colors, slow handheld camera, no graphic wounds shown, a respectful tone "
             "throughout the moment.")
     assert coverage(query, safe) < CFG.min_coverage
-    assert "low-coverage" in _codes(query, safe)[0]
+    assert "low-coverage" in _codes(query, safe)[1]
     assert _codes(query, safe, safety=True) == ([], [])
 
 

@@ -6,9 +6,9 @@ content (safety queries aside: their unsafe parts are meant to go). Each check r
 :class:`Finding` with a reason code and a detail, in the style of the curate rules.
 
 *Hard* findings (by default: empty, cut-off, debris, repetition, neg-violation,
-multi-paragraph, low-coverage) reject a prompt: it is not SFT data, it is a "No" without a
-judge call, it is never the chosen side of a pair. *Soft* findings (too-short, too-long,
-intro) are recorded as flags. The evaluation reports both per method.
+multi-paragraph) reject a prompt: it is not SFT data, it is a "No" without a judge call,
+it is never the chosen side of a pair. *Soft* findings (too-short, too-long, intro,
+low-coverage) are recorded as flags. The evaluation reports both per method.
 
 The checks cost nothing next to a judge call and make no decision a judge must make.
 """

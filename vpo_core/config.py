@@ -397,10 +397,8 @@ class ChecksConfig(Section):
 
     hard: list[CheckCode] = Field(
         default_factory=lambda: ["empty", "cut-off", "debris", "repetition", "neg-violation",
-                                 "multi-paragraph", "low-coverage"],
-        description="Checks that reject a prompt; the rest only flag it. 'low-coverage' is "
-        "hard here because the embedded judge cannot tell a prompt that drifted from its "
-        "query; the paper preset leaves alignment to its judge (a flag).")
+                                 "multi-paragraph"],
+        description="Checks that reject a prompt; the rest only flag it.")
     min_words: int = Field(40, ge=0, description="Flag 'too-short' below this many words "
                            "(the templates ask for about 100).")
     max_words: int = Field(250, ge=1, description="Flag 'too-long' above this many words.")
