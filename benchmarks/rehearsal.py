@@ -140,6 +140,16 @@ def _step_name(task_run_name: str) -> str:
     return task_run_name.rsplit("-", 1)[0]
 
 
+def _every(read: Any, **filters: Any) -> list:
+    """All the runs a filter matches (the API answers at most 200 at a time)."""
+    found: list = []
+    while page := read(**filters, limit=200, offset=len(found)):
+        found += page
+        if len(page) < 200:
+            break
+    return found
+
+
 def stage_report(api: str, start: float, end: float, work: Path, printed: str,
                  sampler: MemorySampler) -> dict[str, Any]:
     """Per stage: its steps' compute time and span, task runs, deployment runs, peak
@@ -160,15 +170,15 @@ def stage_report(api: str, start: float, end: float, work: Path, printed: str,
     window = FlowRunFilter(start_time=FlowRunFilterStartTime(
         after_=datetime.fromtimestamp(start - 1).astimezone()))
     with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-        flows = client.read_flow_runs(flow_run_filter=window, limit=200)
-        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[f.id for f in flows])), limit=20000)
+        flows = _every(client.read_flow_runs, flow_run_filter=window)
+        tasks = _every(client.read_task_runs, flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[f.id for f in flows])))
     report: dict[str, Any] = {"stages": {}}
     compute = 0.0
     for stage in STAGES:
         mine = [t for t in tasks if t.name.startswith(stage)]
         steps = [t for t in mine if _step_name(t.name) in STEPS and t.start_time
-                 and t.end_time and t.state and not t.state.is_cached()]
+                 and t.end_time and t.state and t.state.name != "Cached"]
         intervals = [(_ts(t.start_time), _ts(t.end_time)) for t in steps]
         own = union_seconds(intervals)
         compute += own
