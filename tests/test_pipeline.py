@@ -214,8 +214,12 @@ def _step_runs(state: dict) -> list:
 
 def test_placed_stages_ran_on_the_gpu_pool(ui, deployed) -> None:
     _, state = ui
-    runs = _step_runs(state)
-    assert runs and all(r.work_pool_name == "gpu" and r.state.is_completed() for r in runs)
+    deadline = time.monotonic() + 60          # a worker may report a final state late
+    while (runs := _step_runs(state)) and not all(r.state and r.state.is_final() for r in runs) \
+            and time.monotonic() < deadline:
+        time.sleep(1.0)
+    seen = [(r.name, r.work_pool_name, r.state.name if r.state else None) for r in runs]
+    assert runs and all(pool == "gpu" and name == "Completed" for _, pool, name in seen), seen
     assert {r.parameters["stage"] for r in runs} == {"train-sft", "sample", "render",
                                                       "score", "train-dpo",
                                                       "preflight"}    # the storage probe
