@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from tasks.preflight import run_preflight
-from vpo_core.config import PipelineConfig, Stage, load_config
+from vpo_core.config import PipelineConfig, ScoreConfig, Stage, load_config
 from vpo_core.preflight import Finding, Plan, Reach, errors, run_checks
 from vpo_core.preflight.checks import TINY_PIPELINE, cuda_devices, runner_needs
 
@@ -224,8 +224,22 @@ def test_each_backend_need(tmp_path: Path, sets: dict, field: str, text: str) ->
 def test_visionreward_runner_needs_read_from_its_source() -> None:
     from vpo_core.reward.visionreward import RUNNER
 
-    assert runner_needs(RUNNER) == (["decord", "torch", "transformers"],
-                                    "THUDM/VisionReward-Video")
+    assert runner_needs(RUNNER) == ["decord", "torch", "transformers"]
+    assert f'"--model", default="{ScoreConfig().visionreward_model}"' in RUNNER.read_text()
+
+
+def test_unpinned_visionreward_code_is_a_warning(tmp_path: Path) -> None:
+    """VisionReward's CogVLM2 code comes from its hub repo: unpinned, preflight says so."""
+    env = tmp_path / "python"   # stands in for VisionReward's environment: imports, 1 GPU
+    env.write_text("#!/bin/sh\necho 1\n")
+    env.chmod(0o755)
+    sets = {"score.backend": "visionreward", "score.visionreward_python": str(env)}
+    found = {f.field: f for f in run_checks(_config(tmp_path, **sets))}
+    assert found["score.visionreward_python"].level == "ok"
+    assert found["score.visionreward_revision"].level == "warning"
+    assert "score.visionreward_model" in found
+    pinned = run_checks(_config(tmp_path, **sets, **{"score.visionreward_revision": "0a1b2c"}))
+    assert "score.visionreward_revision" not in {f.field for f in pinned}
 
 
 # --------------------------------------------------------------------------- packages, GPU

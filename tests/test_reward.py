@@ -374,7 +374,8 @@ def test_visionreward_resumes_from_answers_already_written(tmp_path: Path) -> No
                   for n in range(64)]
             key = vr.manifest_id(VideoToScore(f"q/{i}", path, "", ""))
             fh.write(json.dumps({"id": key, "video_path": path, "QA": qa}) + "\n")
-    cfg = ScoreConfig(backend="visionreward", visionreward_python=sys.executable)
+    cfg = ScoreConfig(backend="visionreward", visionreward_python=sys.executable,
+                      visionreward_revision="0a1b2c")   # the runner takes the pinned commit
     df = score_rows(videos, cfg, work_dir=work)
     assert df["status"].to_list() == ["ok", "ok", "error:unreadable"]
     assert df["score"][:2].to_list() == pytest.approx([W1 + 0.25239747290239256 + W4, W1])

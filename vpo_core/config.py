@@ -334,6 +334,11 @@ class ScoreConfig(Section):
                                       "per video computed elsewhere (JSONL or Parquet).")
     visionreward_python: str | None = Field(None, description="Python of VisionReward's own "
                                             "environment, for the visionreward backend.")
+    visionreward_model: str = Field("THUDM/VisionReward-Video", description="VisionReward's "
+                                    "weights: a hub id or a folder.")
+    visionreward_revision: str | None = Field(None, description="A commit of the model's hub "
+                                              "repository: its code runs (CogVLM2 ships as "
+                                              "remote code), so pin what you reviewed.")
     shard_size: int = Field(16, ge=1, description="Videos per cached scoring task.")
 
 

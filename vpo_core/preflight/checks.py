@@ -261,22 +261,18 @@ def check_render(ctx: Context) -> list[Finding]:
     return [facts.finding]
 
 
-def runner_needs(path: Path) -> tuple[list[str], str]:
-    """What the VisionReward runner imports (outside the standard library) and the model
-    its ``--model`` option defaults to, read from its source."""
+def runner_needs(path: Path) -> list[str]:
+    """What the VisionReward runner imports outside the standard library, read from its
+    source."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     modules: set[str] = set()
-    model = ""
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             modules.update(a.name.split(".")[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             modules.add(node.module.split(".")[0])
-        elif (isinstance(node, ast.Call) and node.args
-              and isinstance(node.args[0], ast.Constant) and node.args[0].value == "--model"):
-            model = next(k.value.value for k in node.keywords if k.arg == "default")
     return sorted(m for m in modules if m not in sys.stdlib_module_names
-                  and m != "__future__"), model
+                  and m != "__future__")
 
 
 def _visionreward(ctx: Context, users: list[Stage]) -> list[Finding]:
@@ -291,7 +287,7 @@ def _visionreward(ctx: Context, users: list[Stage]) -> list[Finding]:
     if remote and not Path(python).exists():
         return [Finding("warning", name, f"{python} is not on this machine: not checked (the "
                         f"score stage runs on pool {remote!r})", "check it on a worker")]
-    modules, model = runner_needs(RUNNER)
+    modules = runner_needs(RUNNER)
     code = f"import {', '.join(modules)}; import torch; print(torch.cuda.device_count())"
     try:
         done = subprocess.run([python, "-c", code], capture_output=True, text=True,
@@ -312,7 +308,12 @@ def _visionreward(ctx: Context, users: list[Stage]) -> list[Finding]:
                    f"{python} imports {', '.join(modules)}; {gpus} CUDA device(s) visible",
                    "" if gpus or remote else "on CPU, VisionReward takes minutes a video: "
                    "run the score stage on a GPU pool (placement.score)")]
-    facts = hub.check_model(name, model, hub.TRANSFORMERS_MARKER,
+    model, revision = ctx.cfg.score.visionreward_model, ctx.cfg.score.visionreward_revision
+    if revision is None and not hub.looks_like_path(model):
+        out.append(Finding("warning", "score.visionreward_revision", f"not set: {model}'s "
+                           "newest code runs (trust_remote_code)", "set it to the commit you "
+                           "downloaded and reviewed"))
+    facts = hub.check_model("score.visionreward_model", model, hub.TRANSFORMERS_MARKER,
                             offline=ctx.reach.offline, remote_pool=remote)
     ctx.downloads.append((model, facts.download_bytes))
     return [*out, facts.finding]

@@ -150,4 +150,6 @@ def _checklist_answers(videos: list[VideoToScore], cfg: ScoreConfig,
                               "model (gpt-4o, openai/<name> with judge.api_base, ...)")
         llm = (judge or LLMConfig()).model_copy(update={"model": cfg.vlm_model})
         return vlm.ask_checklist(videos, llm, api_key, n_frames=cfg.vlm_frames)
-    return visionreward.ask_checklist(videos, cfg.visionreward_python, work_dir)
+    return visionreward.ask_checklist(videos, cfg.visionreward_python, work_dir,
+                                      model=cfg.visionreward_model,
+                                      revision=cfg.visionreward_revision)

@@ -16,10 +16,11 @@ Installing VisionReward (CogVLM2-Video based, ~12B parameters: a GPU that holds 
     ~/venvs/visionreward/bin/pip install -r requirements.txt   # torch 2.1, transformers 4.42
     ~/venvs/visionreward/bin/huggingface-cli download THUDM/VisionReward-Video
 
-then set ``score.backend: visionreward`` and ``score.visionreward_python:
-~/venvs/visionreward/bin/python``. Check the environment on its own with
-``~/venvs/visionreward/bin/python vpo_core/reward/visionreward_runner.py manifest.jsonl
-out.jsonl``.
+then set ``score.backend: visionreward``, ``score.visionreward_python:
+~/venvs/visionreward/bin/python`` and ``score.visionreward_revision`` to the commit of the
+model repository you downloaded (its CogVLM2 code runs with ``trust_remote_code``).
+Check the environment on its own with ``~/venvs/visionreward/bin/python
+vpo_core/reward/visionreward_runner.py manifest.jsonl out.jsonl``.
 """
 
 from __future__ import annotations
@@ -66,10 +67,13 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 def run_runner(python: str, manifest: Path, out: Path, log: Path,
-               runner: Path = RUNNER, timeout_s: float | None = None) -> None:
+               runner: Path = RUNNER, timeout_s: float | None = None,
+               model: str | None = None, revision: str | None = None) -> None:
     """Run the runner in VisionReward's environment, its stdout and stderr going to
     ``log``; StageFailed with the log's tail when it fails or cannot start."""
-    cmd = [python, str(runner), str(manifest), str(out)]
+    cmd = [python, str(runner), str(manifest), str(out),
+           *(["--model", model] if model else []),
+           *(["--revision", revision] if revision else [])]
     try:
         with log.open("a", encoding="utf-8") as fh:
             code = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT,
@@ -104,10 +108,13 @@ def read_output(path: str | Path) -> dict[str, Answers]:
 
 
 def ask_checklist(videos: Sequence[VideoToScore], python: str | None,
-                  work_dir: str | Path | None = None) -> dict[str, Answers]:
+                  work_dir: str | Path | None = None, model: str | None = None,
+                  revision: str | None = None) -> dict[str, Answers]:
     """VisionReward's answers for each video, by id. ``work_dir`` keeps the manifest, the
     answers and the log, so a rerun resumes (a temporary folder when None). The runner
-    knows each video by its id and content hash: a re-rendered video is asked again."""
+    knows each video by its id and content hash: a re-rendered video is asked again.
+    ``model`` / ``revision``: the weights and the hub commit (the runner's defaults when
+    None)."""
     if not python:
         raise ConfigError("score.visionreward_python is not set: install VisionReward in its "
                           "own environment (see vpo_core/reward/visionreward.py) and point "
@@ -131,7 +138,7 @@ def ask_checklist(videos: Sequence[VideoToScore], python: str | None,
                         for k, v in keyed.items()],
                        manifest)
         out, log = folder / "answers.jsonl", folder / "runner.log"
-        run_runner(python, manifest, out, log)
+        run_runner(python, manifest, out, log, model=model, revision=revision)
         answers = read_output(out) if out.is_file() else {}
     missing = Answers(None, "error:visionreward", "the runner wrote no answer for this video")
     result.update({v.id: answers.get(key, missing) for key, v in keyed.items()})

@@ -4,7 +4,7 @@ own Python environment (torch 2.1, transformers 4.42, decord: see the install no
 the standard library, never ``vpo_core``.
 
     python visionreward_runner.py MANIFEST.jsonl OUT.jsonl [--model THUDM/VisionReward-Video]
-                                  [--frames 24] [--device cuda]
+                                  [--revision COMMIT] [--frames 24] [--device cuda]
 
 MANIFEST: one ``{"id", "video_path", "prompt", "questions": [64 strings]}`` a line.
 OUT: one line per video in VisionReward's QA-format, as VPO's pipeline reads it:
@@ -83,7 +83,7 @@ def load_video(path: str, max_frames: int):
     return reader.get_batch(picks).permute(3, 0, 1, 2)
 
 
-def load_model(name: str, device: str):
+def load_model(name: str, device: str, revision: str | None = None):
     """Tokenizer, model and dtype (bf16 on Ampere or newer, fp16 on older GPUs, fp32 on
     CPU)."""
     import torch
@@ -95,9 +95,10 @@ def load_model(name: str, device: str):
     else:
         dtype = torch.float32
     # VisionReward-Video is a CogVLM2 model whose architecture ships as code in its hub repo;
-    # it runs only in its own environment, on weights the user chose to download.
-    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=True)
-    model = AutoModelForCausalLM.from_pretrained(name, torch_dtype=dtype,
+    # it runs only in its own environment, on weights the user chose to download, at the
+    # commit they pinned (score.visionreward_revision) when they pinned one.
+    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_pretrained(name, revision=revision, torch_dtype=dtype,
                                                  trust_remote_code=True).eval().to(device)
     return tokenizer, model, dtype
 
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("manifest")
     parser.add_argument("out")
     parser.add_argument("--model", default="THUDM/VisionReward-Video")
+    parser.add_argument("--revision", default=None, help="a commit of the model's hub repo")
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--device", default=None, help="default: cuda when available")
     args = parser.parse_args(argv)
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer, model, dtype = load_model(args.model, device)
+    tokenizer, model, dtype = load_model(args.model, device, args.revision)
     with open(args.out, "a", encoding="utf-8") as out:
         for n, entry in enumerate(todo, 1):
             record = {"id": entry["id"], "video_path": entry["video_path"],
