@@ -28,11 +28,12 @@ from typing import Any
 
 import polars as pl
 
-from vpo_core.checks import CheckResult, answer_cut_off, check_prompt, critique_text
+from vpo_core.checks import CheckResult, answer_cut_off, check_prompt
 from vpo_core.config import ChecksConfig, LLMConfig, SftDataConfig
+from vpo_core.critique import critique, step_status
 from vpo_core.llm.client import Ask, LLMClient, LLMRequest, LLMResult, raise_if_outage
 from vpo_core.llm.usage import row_usage, usage_markdown, usage_stats
-from vpo_core.prompts.parsing import Parsed, extract_prompt, parse_verdict
+from vpo_core.prompts.parsing import Parsed, extract_prompt
 from vpo_core.prompts.templates import critique_messages, generation_messages, refine_messages
 from vpo_core.shards import split_shards
 from vpo_core.tables import DataRef, concat_tables, polars_schema, read_table, write_table
@@ -44,10 +45,6 @@ OK = "ok"
 def shard_queries(queries_ref: DataRef, size: int) -> list[list[dict[str, str]]]:
     """The SFT split as shards of {query_id, query}, in query-id order."""
     return split_shards(queries_ref, "sft", size)
-
-
-def _status(result: LLMResult, parsed: Parsed) -> str:
-    return result.status if not result.ok else parsed.status
 
 
 def _target(row: dict[str, Any], refine: bool) -> tuple[str | None, str]:
@@ -95,31 +92,25 @@ def run_shard(rows: list[dict[str, str]], shard: int, judge: LLMConfig, cfg: Sft
         gen = await ask(LLMRequest(qid, generation_messages(text), max_tokens=budget))
         parsed = extract_prompt(gen.text, lenient)
         row = {**query, "calls": [gen], "steps": {"generation": gen}, "generation": gen.text,
-               "generated": parsed.value, "generation_status": _status(gen, parsed),
+               "generated": parsed.value, "generation_status": step_status(gen, parsed),
                "fallback": parsed.fallback}
         if not row["generated"]:
             return row
         checked = _checked(query, gen, parsed, checks, budget)
         row["generation_checks"] = [f.code for f in checked.findings]
         asked = critique_messages(text, row["generated"])
-        if checked.passed:
-            crit = await ask(LLMRequest(qid, asked))
-            verdict = parse_verdict(crit.text, "judgement", lenient) if crit.ok \
-                else Parsed(crit.status)
-            row["calls"].append(crit)
-            row["steps"]["critique"] = crit
-            row.update(critique=crit.text, judgement=verdict.value,
-                       critique_status=_status(crit, verdict),
-                       fallback=row["fallback"] or verdict.fallback)
-        else:                          # a No without a judge call: the checks say why
-            row.update(critique=critique_text(checked), judgement="no",
-                       critique_status=checked.reason())
+        crit = await critique(ask, LLMRequest(qid, asked), checked, lenient)
+        if crit.call:
+            row["calls"].append(crit.call)
+            row["steps"]["critique"] = crit.call
+        row.update(critique=crit.text, judgement=crit.judgement, critique_status=crit.status,
+                   fallback=row["fallback"] or crit.fallback)
         if not cfg.refine or row["judgement"] != "no":
             return row
         ref = await ask(LLMRequest(qid, refine_messages(asked, row["critique"]),
                                    max_tokens=budget))
         refined = extract_prompt(ref.text, lenient)
-        status = _status(ref, refined)
+        status = step_status(ref, refined)
         if status == OK:
             after = _checked(query, ref, refined, checks, budget)
             status = after.reason() or OK

@@ -19,11 +19,12 @@ from typing import Any
 
 import polars as pl
 
-from vpo_core.checks import check_prompt, critique_text
+from vpo_core.checks import check_prompt
 from vpo_core.config import ChecksConfig, LLMConfig
-from vpo_core.llm.client import Ask, LLMClient, LLMRequest, LLMResult, raise_if_outage
+from vpo_core.critique import critique, step_status
+from vpo_core.llm.client import Ask, LLMClient, LLMRequest, raise_if_outage
 from vpo_core.llm.usage import row_usage, usage_stats
-from vpo_core.prompts.parsing import Parsed, extract_prompt, parse_verdict
+from vpo_core.prompts.parsing import extract_prompt
 from vpo_core.prompts.templates import critique_messages, refine_messages
 from vpo_core.tables import DataRef, concat_tables, polars_schema, read_table, write_table
 
@@ -32,10 +33,6 @@ SKIPPED = "skipped"
 
 def _key(row: dict[str, Any]) -> str:
     return f"{row['query_id']}#{row['sample_index']}"
-
-
-def _status(result: LLMResult, parsed: Parsed) -> str:
-    return result.status if not result.ok else parsed.status
 
 
 def run_shard(samples: list[dict[str, Any]], shard: int, judge: LLMConfig, out_dir: Path,
@@ -61,23 +58,17 @@ def run_shard(samples: list[dict[str, Any]], shard: int, judge: LLMConfig, out_d
         row.update(check_findings=[f.code for f in checked.findings],
                    checks_passed=checked.passed)
         asked = critique_messages(sample["query"], sample["prompt"])
-        if checked.passed:
-            crit = await ask(LLMRequest(_key(sample), asked))
-            verdict = parse_verdict(crit.text, "judgement", lenient) if crit.ok \
-                else Parsed(crit.status)
-            row["calls"].append(crit)
-            row["steps"]["critique"] = crit
-            row.update(critique=crit.text, judgement=verdict.value,
-                       critique_status=_status(crit, verdict))
-        else:                          # a No without a judge call: the checks say why
-            row.update(critique=critique_text(checked), judgement="no",
-                       critique_status=checked.reason())
+        crit = await critique(ask, LLMRequest(_key(sample), asked), checked, lenient)
+        if crit.call:
+            row["calls"].append(crit.call)
+            row["steps"]["critique"] = crit.call
+        row.update(critique=crit.text, judgement=crit.judgement, critique_status=crit.status)
         if row["judgement"] != "no":
             return row
         ref = await ask(LLMRequest(_key(sample), refine_messages(asked, row["critique"]),
                                    max_tokens=budget))
         parsed = extract_prompt(ref.text, lenient)
-        status = _status(ref, parsed)
+        status = step_status(ref, parsed)
         if status == "ok" and "\n" in parsed.value.strip():
             status = "multiline"
         if status == "ok":
