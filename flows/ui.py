@@ -68,7 +68,8 @@ def _run(args: list[str], env: dict[str, str], log: Path) -> None:
 
 def up(work: WorkDir, port: int = 4200, workers: bool = True,
        timeout_s: float = 120.0) -> dict[str, Any]:
-    """Start server, pools, deployments and workers; return the state written."""
+    """Start server, pools, deployments and workers; return the state written, once every
+    pool has an online worker (a placed run started earlier fails preflight)."""
     state_file = _state_file(work)
     if state_file.exists() and status(work)["server"]:
         return json.loads(state_file.read_text())
@@ -101,7 +102,23 @@ def up(work: WorkDir, port: int = 4200, workers: bool = True,
                 [*_prefect(), "worker", "start", "--pool", pool], env,
                 logs / f"worker-{pool}.log")
     state_file.write_text(json.dumps(state, indent=2))
+    if workers:
+        _wait_for_workers(work, api, time.monotonic() + timeout_s, logs)
     return state
+
+
+def _wait_for_workers(work: WorkDir, api: str, deadline: float, logs: Path) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.preflight import inspect_pool
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        while not all(inspect_pool(pool).online_workers for pool in POOLS):
+            if time.monotonic() > deadline:
+                down(work)
+                raise RuntimeError("the workers did not come online; see "
+                                   f"{', '.join(str(logs / f'worker-{p}.log') for p in POOLS)}")
+            time.sleep(0.5)
 
 
 def status(work: WorkDir) -> dict[str, Any]:

@@ -31,7 +31,8 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from flows.ui import down, status, up
+from flows.ui import POOLS, down, status, up
+from tasks.preflight import inspect_pool
 from vpo_core.config import LLMConfig, load_config
 from vpo_core.curate.sources import bundled_queries
 from vpo_core.tables import read_table
@@ -99,6 +100,8 @@ def _api(state: dict):
 def ui(tmp_path_factory):
     work = WorkDir.at(tmp_path_factory.mktemp("ui") / "work")
     state = up(work, port=_port())
+    with _api(state):   # up() returns once every pool has a worker online
+        assert all(inspect_pool(pool).online_workers for pool in POOLS)
     yield work, state
     down(work)
 
