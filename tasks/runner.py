@@ -12,6 +12,7 @@ flight re-attaches to them when resumed instead of starting them again.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -69,12 +70,15 @@ def _dispatch_key(context: Any, parameters: dict[str, Any]) -> str:
 
 
 def _submit(name: str, params: dict[str, Any], key: str, force: bool) -> Any:
-    """A run of the step deployment, or the run already submitted for this key (a
-    resumed parent re-attaches); a finished failed one is retried under a new key."""
+    """A run of the step deployment, or the run already submitted for this key and work
+    directory (a resumed parent re-attaches; another work directory with the same inputs
+    on the same server gets its own run, whose result lands in its own store); a finished
+    failed one is retried under a new key."""
     attempt = 0 if not force else time.time_ns()
+    where = hashlib.sha256(params["work_dir"].encode()).hexdigest()[:12]
     while True:
         run = run_deployment(name, parameters=params, timeout=0, as_subflow=True,
-                             idempotency_key=f"{key}-{attempt}",
+                             idempotency_key=f"{key}-{where}-{attempt}",
                              flow_run_name=f"{params['step']}-{key[:8]}")
         if run.state is None or not run.state.is_final() or run.state.is_completed():
             return run

@@ -256,14 +256,14 @@ def server(tmp_path_factory):
         down(work)
 
 
-def _parent(key: str) -> list[str]:
+def _parent(key: str, work_dir: str = "/x") -> list[str]:
     """A parent submitting one step run as tasks/runner.py does, twice (the second is what
     a resumed parent does); the ids of both runs."""
     from prefect import flow
 
     from tasks.runner import _submit
 
-    params = {"step": "render-shard", "stage": "render", "kwargs": {}, "work_dir": "/x",
+    params = {"step": "render-shard", "stage": "render", "kwargs": {}, "work_dir": work_dir,
               "force": False}
 
     @flow(name="cluster-test-parent")
@@ -280,6 +280,8 @@ def test_a_resumed_parent_reattaches_and_a_cancelled_one_cancels_its_runs(server
 
     first, again = _parent("resume")
     assert first == again                                   # re-attached, no second run
+    [elsewhere, _] = _parent("resume", work_dir="/y")       # same inputs, another work dir:
+    assert elsewhere != first                               # its own run (its own results)
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(first, Failed(message="test"), force=True)
         [retried, _] = _parent("resume")
