@@ -1,11 +1,12 @@
 """The bundled models: SmolLM2 converted from its GGUF, and the tiny random Llama a
-rehearsal trains (built in code, with SmolLM2's tokenizer and chat template)."""
+rehearsal trains (built in code, with SmolLM2's tokenizer retrained to 4,096 tokens and
+SmolLM2's chat template)."""
 
 from pathlib import Path
 
 import pytest
 
-from vpo_core.models.bundled import TINY_LLAMA, bundled_model_dir, resolve_model
+from vpo_core.models.bundled import TINY_LLAMA, TINY_VOCAB, bundled_model_dir, resolve_model
 
 
 def test_tiny_llama_is_built_once_and_generates(bundled_models: Path) -> None:
@@ -19,7 +20,11 @@ def test_tiny_llama_is_built_once_and_generates(bundled_models: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 2
-    assert 2e6 < sum(p.numel() for p in model.parameters()) < 5e6
+    assert sum(p.numel() for p in model.parameters()) == 336_192
+    assert len(tokenizer) == TINY_VOCAB == model.config.vocab_size
+    message = "A golden retriever surfs a wave at sunset"     # words of the template are
+    assert len(tokenizer(message)["input_ids"]) <= 12          # whole tokens, as in SmolLM2
+    assert tokenizer.decode(tokenizer(message)["input_ids"]) == message
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "a fox"}],
                                         add_generation_prompt=True, return_tensors="pt")
     ids = ids["input_ids"] if hasattr(ids, "keys") else ids

@@ -21,7 +21,7 @@ DIFFUSERS_MARKER = "model_index.json"
 # Parameter counts of models that are not read from a folder: the bundled SmolLM2 (counted
 # in its converted safetensors).
 KNOWN_PARAMS = {f"{BUNDLED_PREFIX}{BUNDLED_NAME}": 134_515_008,
-                f"{BUNDLED_PREFIX}{TINY_LLAMA}": 3_219_776}
+                f"{BUNDLED_PREFIX}{TINY_LLAMA}": 336_192}
 # Weight formats a loader skips when safetensors are there (not downloaded, not counted).
 ALTERNATIVE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.onnx", "*.onnx_data",
                        "*.gguf", "*.ckpt", "original/*")
