@@ -23,11 +23,6 @@ from vpo_core.workdir import WorkDir, prefect_env
 
 ROOT = Path(__file__).resolve().parents[1]
 POOLS = {"cpu": None, "gpu": 1}   # pool -> concurrency limit (one model per GPU worker)
-# Seconds between a worker's queries for scheduled runs (Prefect's default: 10). On the
-# gpu pool (limit 1) every shard run but the first waits for a query after the run before
-# it ends: ~5 s a run on average at 10 s, half the orchestration overhead the rehearsal
-# measured; a local server answers a query every 2 s without effort.
-WORKER_QUERY_SECONDS = "2"
 
 
 def _prefect() -> list[str]:
@@ -37,7 +32,6 @@ def _prefect() -> list[str]:
 def ui_env(work: WorkDir, port: int) -> dict[str, str]:
     """Environment of the server, the CLI calls and the workers."""
     base = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    base.setdefault("PREFECT_WORKER_QUERY_SECONDS", WORKER_QUERY_SECONDS)
     return {**base, **prefect_env(work, base), "PREFECT_SERVER_API_HOST": "127.0.0.1",
             "PREFECT_SERVER_API_PORT": str(port),
             "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
