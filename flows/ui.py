@@ -23,6 +23,13 @@ from vpo_core.workdir import WorkDir, prefect_env
 
 ROOT = Path(__file__).resolve().parents[1]
 POOLS = {"cpu": None, "gpu": 1}   # pool -> concurrency limit (one model per GPU worker)
+# glibc gives every tensor over 32 MB (a batch's logits) its own mmap and unmaps it when
+# freed, so a CPU step faults its pages in again at each use: 40% of a training step's
+# CPU time in system calls on this project's 2-core VM. One arena that keeps what it
+# frees reuses the pages (benchmarks/README.md, "the allocator"). A worker's flow runs
+# inherit its environment; a value the user set wins.
+WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(1 << 32),
+                     "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
 
 
 def _prefect() -> list[str]:
@@ -97,9 +104,10 @@ def up(work: WorkDir, port: int = 4200, workers: bool = True,
                  logs / "setup.log")
     _run([*_prefect(), "--no-prompt", "deploy", "--all"], env, logs / "setup.log")
     if workers:
+        worker_env = {**WORKER_MALLOC_ENV, **env}
         for pool in POOLS:
             state["pids"][f"worker-{pool}"] = _spawn(
-                [*_prefect(), "worker", "start", "--pool", pool], env,
+                [*_prefect(), "worker", "start", "--pool", pool], worker_env,
                 logs / f"worker-{pool}.log")
     state_file.write_text(json.dumps(state, indent=2))
     if workers:

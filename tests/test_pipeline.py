@@ -31,7 +31,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from flows.ui import POOLS, down, status, up
+from flows.ui import POOLS, WORKER_MALLOC_ENV, down, status, up
 from tasks.preflight import inspect_pool
 from vpo_core.config import LLMConfig, load_config
 from vpo_core.curate.sources import bundled_queries
@@ -226,6 +226,15 @@ def test_placed_stages_ran_on_the_gpu_pool(ui, deployed) -> None:
     assert done == {"train-sft", "sample", "render", "score", "train-dpo",
                     "preflight"}, seen                                 # + the storage probe
     assert all(r.parent_task_run_id for r in runs)           # linked to the parent flow
+
+
+def test_workers_keep_the_memory_their_steps_free(ui) -> None:
+    """The workers (and so their flow runs) run with glibc's allocator settings."""
+    _, state = ui
+    for pool in POOLS:
+        raw = Path(f"/proc/{state['pids'][f'worker-{pool}']}/environ").read_bytes()
+        env = dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+        assert {k: env.get(k) for k in WORKER_MALLOC_ENV} == WORKER_MALLOC_ENV, pool
 
 
 def _stage(state: dict, config: Path, stage: str, *sets: str) -> subprocess.CompletedProcess:

@@ -44,11 +44,19 @@ def gguf_file() -> Path:
     return next(folder.glob("*.gguf"))
 
 
-def _convert(target: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _smollm2_tokenizer() -> Any:
+    """SmolLM2's tokenizer, read from the bundled GGUF."""
+    from transformers import AutoTokenizer
 
     gguf = gguf_file()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def _convert(target: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    gguf = gguf_file()
+    tokenizer = _smollm2_tokenizer()
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = loaded.config
     if hasattr(config, "quantization_config"):
@@ -65,13 +73,10 @@ def _convert(target: Path) -> None:
 def _tiny_tokenizer() -> Any:
     """SmolLM2's tokenizer (read from the GGUF alone: 3 s, where converting the model takes
     20) retrained to TINY_VOCAB tokens; deterministic, the same folder on every machine."""
-    from transformers import AutoTokenizer
-
     from vpo_core.curate.sources import bundled_queries
     from vpo_core.prompts.templates import demonstrations, optimizer_messages
 
-    gguf = gguf_file()
-    base = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    base = _smollm2_tokenizer()
     queries = bundled_queries()
     template = base.apply_chat_template(optimizer_messages(queries[0]), tokenize=False)
     texts = queries + [template, json.dumps(demonstrations())] * _TEMPLATE_WEIGHT
