@@ -95,7 +95,7 @@ def test_killed_run_resumes_without_redoing_finished_shards(tmp_path: Path, judg
     proc.wait()
     # oldest first: the newest file may have been killed before its task's result was
     # recorded, and is then made again from the call store (no new request, but its
-    # cost_saved counts the store's answers)
+    # cached_calls count the store's answers)
     files = sorted(shard_dir.glob("shard-*/*.parquet"), key=lambda p: p.stat().st_mtime_ns)
     finished = [read_table(p) for p in files]
     assert 2 <= len(finished) < 6
