@@ -1,78 +1,69 @@
-"""The order of the stages, once: the pipeline runs it to the end, and a stage run on its
-own (``vpo pairs``, a stage deployment) runs it up to itself to build what it needs, each
-earlier stage exactly once, its outputs passed along."""
+"""The pipeline's composition of stages, in the registry's order (vpo_core/stages.py):
+each stage flow gets its inputs from the outputs of the stages before it. Only the
+pipeline composes stages; a stage run alone reads its inputs from the work directory's
+index of stage outputs (vpo_core/stage_index.py)."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 from vpo_core.config import PipelineConfig, Stage
+from vpo_core.stages import STAGES, StageSpec
+
+
+def stage_flow(stage: StageSpec) -> Callable[..., dict]:
+    """The flow function of a stage, from its declared entrypoint."""
+    path, _, name = stage.flow.partition(":")
+    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
 
 
 class Chain:
-    """Runs stage flows in order, stopping before ``stop``; ``refs`` holds the newest
-    output of each kind (queries, model, samples, ...), ``outputs`` every stage's."""
+    """Runs stage flows in order through ``until`` (every stage when None); ``refs``
+    holds the newest output of each kind (queries, model, samples, ...), ``outputs``
+    every stage's, labelled by stage and round."""
 
-    def __init__(self, config: PipelineConfig, stop: Stage | None = None,
+    def __init__(self, config: PipelineConfig, until: Stage | None = None,
                  forced: frozenset[Stage] = frozenset()) -> None:
-        self.config, self.stop, self.forced = config, stop, forced
+        self.config, self.until, self.forced = config, until, forced
         self.refs: dict[str, Any] = {}
         self.outputs: dict[str, Any] = {}
+        self.done = False
 
-    def due(self, stage: Stage) -> bool:
-        """False once the stage to stop before is reached."""
-        return self.stop is None or list(Stage).index(stage) < list(Stage).index(self.stop)
-
-    def run(self, stage: Stage, flow_fn: Callable[..., dict], label: str | None = None,
-            **inputs: Any) -> dict:
-        out = flow_fn(self.config, force=stage in self.forced, **inputs)
-        self.outputs[label or str(stage)] = out
+    def run(self, stage: StageSpec, label: str) -> None:
+        """Run ``stage`` on the newest outputs of the stages it reads."""
+        if self.done:
+            return
+        inputs = {i.param: self.refs[i.output] for i in stage.inputs}
+        if stage.name == Stage.evaluate:
+            inputs["models"] = self.refs["models"]
+        out = stage_flow(stage)(self.config, force=Stage(stage.name) in self.forced,
+                                **inputs)
+        self.outputs[label] = out
         self.refs.update(out)
-        return out
+        if stage.name == Stage.train_sft:
+            self.refs["models"] = ({"base": out["base"]} if self.config.evaluate.base
+                                   else {}) | {"sft": out["model"]}
+        self.done = stage.name == self.until
 
 
-def run_chain(config: PipelineConfig, stop: Stage | None = None,
+def run_chain(config: PipelineConfig, until: Stage | None = None,
               forced: frozenset[Stage] = frozenset()) -> Chain:
-    """curate -> sft-data -> train-sft -> (sample -> text-feedback -> render -> score ->
-    pairs -> train-dpo) x iterations -> evaluate, each round from the newest model."""
-    from flows.curate import curate_flow
-    from flows.evaluate import evaluate_flow
-    from flows.pairs import pairs_flow
-    from flows.render import render_flow
-    from flows.sample import sample_flow
-    from flows.score import score_flow
-    from flows.sft_data import sft_data_flow
-    from flows.text_feedback import text_feedback_flow
-    from flows.train import train_dpo_flow, train_sft_flow
-
-    chain, S = Chain(config, stop, forced), Stage
-    r = chain.refs
-    if not chain.due(S.curate):
-        return chain
-    chain.run(S.curate, curate_flow)
-    if chain.due(S.sft_data):
-        chain.run(S.sft_data, sft_data_flow, queries=r["queries"])
-    if chain.due(S.train_sft):
-        chain.run(S.train_sft, train_sft_flow, sft_examples=r["sft_examples"])
-        r["models"] = ({"base": r["base"]} if config.evaluate.base else {}) | {
-            "sft": r["model"]}
-    rounds = config.iterations if stop in (None, S.evaluate) else 1
+    """The stages before the per-round ones, then (sample -> ... -> train-dpo) x
+    ``config.iterations``, each round from the newest model, then the rest; stops after
+    ``until``."""
+    chain = Chain(config, until, forced)
+    first = next(i for i, s in enumerate(STAGES) if s.per_round)
+    last = max(i for i, s in enumerate(STAGES) if s.per_round)
+    for stage in STAGES[:first]:
+        chain.run(stage, stage.name)
+    rounds = config.iterations if until in (None, Stage.evaluate) else 1
     for it in range(1, rounds + 1):
-        tag = "" if rounds == 1 else f"-iter{it}"
-        for stage, fn, inputs in (
-                (S.sample, sample_flow, lambda: {"queries": r["queries"], "model": r["model"]}),
-                (S.text_feedback, text_feedback_flow, lambda: {"samples": r["samples"]}),
-                (S.render, render_flow, lambda: {"critiques": r["critiques"]}),
-                (S.score, score_flow, lambda: {"videos": r["videos"]}),
-                (S.pairs, pairs_flow, lambda: {"critiques": r["critiques"],
-                                               "rewards": r["rewards"]}),
-                (S.train_dpo, train_dpo_flow, lambda: {"dpo_pairs": r["dpo_pairs"],
-                                                       "sft_model": r["model"]})):
-            if not chain.due(stage):
-                return chain
-            chain.run(stage, fn, f"{stage}{tag}", **inputs())
-        r["models"]["dpo" if it == 1 else f"dpo-iter{it}"] = r["model"]
-    if chain.due(S.evaluate):
-        chain.run(S.evaluate, evaluate_flow, models=r["models"], queries=r["queries"])
+        for stage in STAGES[first:last + 1]:
+            chain.run(stage, stage.name if rounds == 1 else f"{stage.name}-iter{it}")
+        if not chain.done:
+            chain.refs["models"]["dpo" if it == 1 else f"dpo-iter{it}"] = chain.refs["model"]
+    for stage in STAGES[last + 1:]:
+        chain.run(stage, stage.name)
     return chain

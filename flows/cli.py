@@ -7,10 +7,11 @@ result store, Hugging Face cache), so nothing is written to the user's home.
 from __future__ import annotations
 
 import contextlib
-import importlib
+import inspect
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ import yaml
 
 from vpo_core.config import PipelineConfig, Stage, load_config, presets
 from vpo_core.errors import ConfigError
+from vpo_core.stages import STAGES, Input, StageSpec
 from vpo_core.workdir import WorkDir, activate, prefect_env
 
 app = typer.Typer(help="VPO: train a video prompt optimizer with Prefect-orchestrated "
@@ -120,7 +122,9 @@ def run(config: ConfigOpt = None, force: Annotated[list[Stage] | None, typer.Opt
         work_dir: WorkOpt = None, set_: SetOpt = None,
         no_check: Annotated[bool, typer.Option(
             "--no-check", help="Skip the preflight checks (vpo check) before the first "
-            "stage.")] = False) -> None:
+            "stage.")] = False,
+        until: Annotated[Stage | None, typer.Option(
+            "--until", help="Stop after this stage.")] = None) -> None:
     """Run the whole pipeline (curate → sft-data → train-sft → sample → text-feedback → render
     → score → pairs → train-dpo → evaluate) on a preset or YAML config, resuming from
     cache. The preflight checks (vpo check) come first: an error stops it before any
@@ -134,8 +138,8 @@ def run(config: ConfigOpt = None, force: Annotated[list[Stage] | None, typer.Opt
     from flows.pipeline import pipeline_flow
 
     start = time.perf_counter()
-    outputs = _finish(pipeline_flow(cfg, force=force or [], check=False, return_state=True),
-                      "pipeline")
+    outputs = _finish(pipeline_flow(cfg, force=force or [], check=False, until=until,
+                                    return_state=True), "pipeline")
     typer.echo(f"\npipeline finished ({cfg.preset}) in {time.perf_counter() - start:.0f} s; "
                f"work directory {cfg.work_dir}")
     _print_outputs(outputs)
@@ -160,117 +164,113 @@ def check(config: ConfigOpt = None, work_dir: WorkOpt = None, set_: SetOpt = Non
         raise typer.Exit(1)
 
 
-@app.command()
-def curate(input: Annotated[str | None, typer.Option(
-        "--input", "-i", help="CSV/TSV/Parquet/JSON/JSONL/TXT file of queries, "
-        "'hf:<dataset id>', or 'bundled' (default).")] = None,
-        config: ConfigOpt = None,
-        force: Annotated[bool, typer.Option("--force", help="Recompute every step.")] = False,
-        work_dir: WorkOpt = None, set_: SetOpt = None) -> None:
-    """Curate user queries: normalise, filter, deduplicate, label safety, split."""
-    extra = {"curate.input": input} if input else {}
-    cfg = _load(config, set_, work_dir, **extra)
-    from flows.curate import curate_flow
-
-    outputs = _finish(curate_flow(cfg, force=force, return_state=True), "curate")
-    _print_outputs(outputs)
-
-
-@app.command("sft-data")
-def sft_data(config: ConfigOpt = None,
-             force: Annotated[bool, typer.Option("--force", help="Recompute every shard.")]
-             = False, work_dir: WorkOpt = None, set_: SetOpt = None) -> None:
-    """Build the SFT data: teacher prompts, judge critiques and refinements of the SFT split
-    (curating first if needed)."""
-    cfg = _load(config, set_, work_dir)
-    from flows.sft_data import sft_data_flow
-
-    outputs = _finish(sft_data_flow(cfg, force=force, return_state=True), "sft-data")
-    _print_outputs(outputs)
-
-
 ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even if cached.")]
+UpstreamOpt = Annotated[bool, typer.Option(
+    "--with-upstream", help="Run the stages before it first (the pipeline through this "
+    "stage) instead of reading their outputs from the work directory.")]
 
 
-@app.command("train-sft")
-def train_sft(config: ConfigOpt = None, force: ForceOpt = False, work_dir: WorkOpt = None,
-              set_: SetOpt = None) -> None:
-    """Fine-tune the policy on the SFT data (building the data first if needed); a killed
-    run resumes from its last checkpoint."""
-    cfg = _load(config, set_, work_dir)
-    from flows.train import train_sft_flow
-
-    _print_outputs(_finish(train_sft_flow(cfg, force=force, return_state=True), "train-sft"))
-
-
-def _stage_command(name: str, module: str, flow_name: str, doc: str) -> None:
-    """A sub-command running one stage's flow (building what it needs first)."""
-    def command(config: ConfigOpt = None, force: ForceOpt = False, work_dir: WorkOpt = None,
-                set_: SetOpt = None) -> None:
-        cfg = _load(config, set_, work_dir)
-        flow_fn = getattr(importlib.import_module(module), flow_name)
-        _print_outputs(_finish(flow_fn(cfg, force=force, return_state=True), name))
-
-    command.__doc__ = doc
-    app.command(name)(command)
-
-
-for _name, _module, _flow, _doc in (
-        ("sample", "flows.sample", "sample_flow",
-         "Sample K prompts per DPO query from the SFT model (training it first if needed)."),
-        ("text-feedback", "flows.text_feedback", "text_feedback_flow",
-         "Critique every sample with the judge; refine the failing ones into text pairs."),
-        ("render", "flows.render", "render_flow",
-         "Render the samples that passed the text check (inline, or on placement.render)."),
-        ("score", "flows.score", "score_flow",
-         "Score the rendered videos with the configured reward backend."),
-        ("pairs", "flows.pairs", "pairs_flow",
-         "Build the DPO pairs from text feedback and video rewards.")):
-    _stage_command(_name, _module, _flow, _doc)
-
-
-@app.command()
-def evaluate(models: Annotated[list[str] | None, typer.Option(
-        "--model", "-m", help="NAME=MODEL_DIR of an optimizer to compare (repeatable), e.g. "
-        "sft=vpo-work/data/train-sft/run-…/model.")] = None,
-        config: ConfigOpt = None, force: ForceOpt = False, work_dir: WorkOpt = None,
-        set_: SetOpt = None) -> None:
-    """Judge the original queries, the few-shot teacher and the given optimizers on the
-    held-out split (text-level alignment, iterative re-optimisation)."""
-    cfg = _load(config, set_, work_dir)
-    from flows.evaluate import evaluate_flow
-    from vpo_core.tables import ref_for_dir
-
-    named = {}
-    for item in models or []:
-        name, sep, path = item.partition("=")
-        if not sep or not Path(path).is_dir():
-            typer.secho(f"error: --model {item!r}: expected NAME=MODEL_DIR (an existing "
-                        "folder)", fg="red", err=True)
-            raise typer.Exit(2)
-        named[name] = ref_for_dir(path)
-    _print_outputs(_finish(evaluate_flow(cfg, force=force, models=named, return_state=True),
-                           "evaluate"))
-
-
-@app.command("train-dpo")
-def train_dpo(pairs: Annotated[Path | None, typer.Option(
-        "--pairs", help="dpo_pairs Parquet (TRL conversational: prompt, chosen, rejected); "
-        "default: build them with the pipeline's stages.")] = None,
-        sft_model: Annotated[Path | None, typer.Option(
-            "--sft-model", help="SFT model folder (default: train it first).")] = None,
-        config: ConfigOpt = None, force: ForceOpt = False, work_dir: WorkOpt = None,
-        set_: SetOpt = None) -> None:
-    """DPO of the SFT model on preference pairs; the SFT model is also the reference."""
-    cfg = _load(config, set_, work_dir)
-    from flows.train import train_dpo_flow
+def _input_ref(item: Input, value: Path | None) -> Any:
+    """What ``--<input> PATH`` names: a table file or a model folder, by content."""
     from vpo_core.tables import ref_for, ref_for_dir
 
-    state = train_dpo_flow(cfg, force=force,
-                           dpo_pairs=ref_for(pairs, "dpo_pairs") if pairs else None,
-                           sft_model=ref_for_dir(sft_model) if sft_model else None,
-                           return_state=True)
-    _print_outputs(_finish(state, "train-dpo"))
+    if value is None:
+        return None
+    if item.kind == "model":
+        if not value.is_dir():
+            raise _fail(f"--{item.param.replace('_', '-')} {value}: not a model folder")
+        return ref_for_dir(value)
+    if not value.is_file():
+        raise _fail(f"--{item.param.replace('_', '-')} {value}: no such {item.kind} file")
+    return ref_for(value, item.kind)
+
+
+def _run_stage(stage: StageSpec, cfg: PipelineConfig, force: bool, with_upstream: bool,
+               given: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Run one stage's flow on inputs given or found in the work directory's index of
+    stage outputs, or, with ``with_upstream``, the pipeline through it."""
+    from vpo_core.stage_index import MissingInput, stage_inputs
+
+    if with_upstream:
+        if any(v is not None for v in given.values()):
+            raise _fail("--with-upstream runs the stages that make the inputs: give no "
+                        "input paths with it")
+        from flows.pipeline import pipeline_flow
+
+        state = pipeline_flow(cfg, force=[Stage(stage.name)] if force else [], check=False,
+                              until=Stage(stage.name), return_state=True)
+        _print_outputs(_finish(state, stage.name).get(stage.name, {}))
+        return
+    try:
+        stage_inputs(cfg, stage.name, **given)
+    except MissingInput as exc:
+        raise _fail(str(exc)) from None
+    from flows.chain import stage_flow
+
+    state = stage_flow(stage)(cfg, force=force, return_state=True, **given, **extra)
+    _print_outputs(_finish(state, stage.name))
+
+
+def _stage_command(stage: StageSpec, options: dict[str, Any] | None = None,
+                   extra: Callable[[dict[str, Any]], tuple[dict, dict]] | None = None
+                   ) -> None:
+    """The ``vpo <stage>`` command, from the registry: the common options, one
+    ``--<input> PATH`` per declared input, and ``options`` of its own that ``extra`` turns
+    into (config overrides, flow arguments)."""
+    params = {"config": (ConfigOpt, None), "force": (ForceOpt, False),
+              "work_dir": (WorkOpt, None), "set_": (SetOpt, None),
+              "with_upstream": (UpstreamOpt, False)}
+    for item in stage.inputs:
+        flag = item.param.replace("_", "-")
+        what = "a model folder" if item.kind == "model" else f"a {item.kind} Parquet file"
+        params[item.param] = (Annotated[Path | None, typer.Option(
+            f"--{flag}", help=f"{what} (default: the {item.output} the {item.stage} stage "
+            "made under this configuration).")], None)
+    params |= options or {}
+
+    def command(**kw: Any) -> None:
+        given = {i.param: _input_ref(i, kw.pop(i.param)) for i in stage.inputs}
+        overrides, flow_args = extra(kw) if extra else ({}, {})
+        cfg = _load(kw["config"], kw["set_"], kw["work_dir"], **overrides)
+        _run_stage(stage, cfg, kw["force"], kw["with_upstream"], given, flow_args)
+
+    command.__doc__ = stage.help
+    command.__signature__ = inspect.Signature(
+        [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d)
+         for k, (a, d) in params.items()])
+    command.__annotations__ = {k: a for k, (a, _) in params.items()}
+    app.command(stage.name)(command)
+
+
+def _curate_input(kw: dict[str, Any]) -> tuple[dict, dict]:
+    return ({"curate.input": kw["input"]} if kw["input"] else {}), {}
+
+
+def _eval_models(kw: dict[str, Any]) -> tuple[dict, dict]:
+    from vpo_core.tables import ref_for_dir
+
+    if not kw["model"]:
+        return {}, {}
+    named = {}
+    for item in kw["model"]:
+        name, sep, path = item.partition("=")
+        if not sep or not Path(path).is_dir():
+            raise _fail(f"--model {item!r}: expected NAME=MODEL_DIR (an existing folder)")
+        named[name] = ref_for_dir(path)
+    return {}, {"models": named}
+
+
+_OWN_OPTIONS: dict[str, tuple[dict[str, Any], Callable[[dict[str, Any]], tuple[dict, dict]]]] = {
+    "curate": ({"input": (Annotated[str | None, typer.Option(
+        "--input", "-i", help="CSV/TSV/Parquet/JSON/JSONL/TXT file of queries, "
+        "'hf:<dataset id>', or 'bundled' (default).")], None)}, _curate_input),
+    "evaluate": ({"model": (Annotated[list[str] | None, typer.Option(
+        "--model", "-m", help="NAME=MODEL_DIR of an optimizer to compare (repeatable), e.g. "
+        "sft=vpo-work/data/train-sft/run-…/model; default: the models trained under this "
+        "configuration.")], None)}, _eval_models),
+}
+for _stage in STAGES:
+    _stage_command(_stage, *_OWN_OPTIONS.get(_stage.name, ({}, None)))
 
 
 def _latest_model(work: Path) -> str | None:

@@ -9,6 +9,7 @@ from tasks.artifacts import publish_stage
 from tasks.caching import run_cached
 from vpo_core.config import DEFAULT_CONFIG, PipelineConfig
 from vpo_core.curate.stage import sample_rows, summary_markdown
+from vpo_core.stage_index import stage_outputs
 from vpo_core.tables import DataRef
 from vpo_core.workdir import activate
 
@@ -43,4 +44,4 @@ def curate_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False
     publish_stage("curate", summary_markdown(stats, outputs), sample_rows(outputs["queries"]))
     print(f"curate: {outputs['queries'].rows:,} queries -> {outputs['queries'].path}; "
           f"{outputs['rejects'].rows:,} rejects -> {outputs['rejects'].path}")
-    return outputs
+    return stage_outputs(config, "curate", outputs)

@@ -6,12 +6,13 @@ import time
 
 from prefect import flow
 
-from flows.chain import run_chain
 from tasks import pairs as steps
 from tasks.artifacts import publish_stage, stats_markdown
 from tasks.caching import run_cached
-from vpo_core.config import DEFAULT_CONFIG, PipelineConfig, Stage
+from vpo_core.config import DEFAULT_CONFIG, PipelineConfig
 from vpo_core.errors import StageFailed
+from vpo_core.stage_index import stage_inputs, stage_outputs
+from vpo_core.stages import spec
 from vpo_core.tables import DataRef, read_table
 from vpo_core.workdir import activate
 
@@ -24,9 +25,8 @@ def pairs_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
     pairs (the refinements in ``critiques``), text first, one per query by default; the
     chosen side always passes the hard principle checks."""
     start, work = time.perf_counter(), activate(config.work_dir)
-    if critiques is None or rewards is None:
-        refs = run_chain(config, stop=Stage.pairs).refs
-        critiques, rewards = critiques or refs["critiques"], rewards or refs["rewards"]
+    given = stage_inputs(config, "pairs", critiques=critiques, rewards=rewards)
+    critiques, rewards = given["critiques"], given["rewards"]
     out = run_cached(steps.build, work, force, stage="pairs", critiques=critiques,
                      rewards=rewards, cfg=config.pairs, checks=config.checks,
                      seed=config.seed)
@@ -34,8 +34,7 @@ def pairs_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
     stats.pop("queries_without_pair")
     publish_stage("pairs", stats_markdown("pairs", stats, {"dpo_pairs": ref},
                                           time.perf_counter() - start),
-                  read_table(ref).head(12).select("query", "source", "chosen", "rejected",
-                                                   "chosen_score", "rejected_score").to_dicts())
+                  read_table(ref).head(12).select(spec("pairs").summary).to_dicts())
     print(f"pairs: {ref.rows:,} DPO pairs ({stats['by_source']}) -> {ref.path}")
     if not ref.rows:
         raise StageFailed(
@@ -44,4 +43,4 @@ def pairs_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
             f"Look at the text-feedback critiques (is the judge answering in the template's "
             f"format?) and the score gaps against pairs.margin={stats['margin']}; "
             f"{ref.path} is kept.")
-    return {"dpo_pairs": ref}
+    return stage_outputs(config, "pairs", {"dpo_pairs": ref})

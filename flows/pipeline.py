@@ -18,11 +18,12 @@ from vpo_core.workdir import activate
 
 @flow(name="vpo-pipeline", log_prints=True)
 def pipeline_flow(config: PipelineConfig = DEFAULT_CONFIG, force: list[Stage] | None = None,
-                  check: bool = True) -> dict[str, Any]:
-    """Run every stage in order; ``force`` lists stages to recompute. ``config.iterations``
-    rounds of sampling and DPO each start from the latest model. ``check`` runs the
-    preflight checks first (findings in the ``preflight`` artifact; errors stop the run)."""
+                  check: bool = True, until: Stage | None = None) -> dict[str, Any]:
+    """Run every stage in order (through ``until`` when given); ``force`` lists stages to
+    recompute. ``config.iterations`` rounds of sampling and DPO each start from the latest
+    model. ``check`` runs the preflight checks first (findings in the ``preflight``
+    artifact; errors stop the run)."""
     if check:
         preflight(config)
     activate(config.work_dir)
-    return run_chain(config, forced=frozenset(force or [])).outputs
+    return run_chain(config, until, forced=frozenset(force or [])).outputs

@@ -7,18 +7,17 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.chain import run_chain
 from tasks import render as steps
 from tasks.runner import ShardedStage, Where, run_sharded
-from vpo_core.config import DEFAULT_CONFIG, PipelineConfig, Stage
+from vpo_core.config import DEFAULT_CONFIG, PipelineConfig
 from vpo_core.shards import chunks
+from vpo_core.stage_index import stage_inputs, stage_outputs
 from vpo_core.tables import DataRef
 from vpo_core.text_feedback.stage import to_render
 from vpo_core.workdir import activate
 
 RENDER = ShardedStage("render", steps.shard, steps.merge, lambda o: o["videos"],
-                      lambda o: f"{o['videos'].rows} videos", "videos",
-                      ("prompt", "video_path", "contact_sheet", "status", "seconds"))
+                      lambda o: f"{o['videos'].rows} videos")
 
 
 @flow(name="render", log_prints=True)
@@ -26,11 +25,11 @@ def render_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
                 critiques: DataRef | None = None) -> dict[str, DataRef]:
     """Render every sample judged "Yes" with the configured text-to-video pipeline."""
     work = activate(config.work_dir)
-    critiques = critiques or run_chain(config, stop=Stage.render).refs["critiques"]
+    critiques = stage_inputs(config, "render", critiques=critiques)["critiques"]
     rows = to_render(critiques, config.text_feedback.gate_render)
     shards = [{"rows": part, "index": i, "cfg": config.render, "seed": config.seed}
               for i, part in enumerate(chunks(rows, config.render.shard_size))]
     merged = run_sharded(RENDER, work, force, shards, Where.of(config.placement, "render"))
     ref = merged["videos"]
     print(f"render: {ref.rows:,} videos ({merged['stats']['status']}) -> {ref.path}")
-    return {"videos": ref}
+    return stage_outputs(config, "render", {"videos": ref})

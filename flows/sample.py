@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.chain import run_chain
 from tasks import sample as steps
 from tasks.runner import ShardedStage, Where, run_sharded
-from vpo_core.config import DEFAULT_CONFIG, PipelineConfig, Stage
+from vpo_core.config import DEFAULT_CONFIG, PipelineConfig
 from vpo_core.shards import split_shards
+from vpo_core.stage_index import stage_inputs, stage_outputs
 from vpo_core.tables import DataRef
 from vpo_core.workdir import activate
 
 SAMPLE = ShardedStage("sample", steps.shard, steps.merge, lambda o: o["samples"],
-                      lambda o: f"{o['stats']['queries']} queries", "samples",
-                      ("query", "sample_index", "prompt", "status"))
+                      lambda o: f"{o['stats']['queries']} queries")
 
 
 @flow(name="sample", log_prints=True)
@@ -24,9 +23,8 @@ def sample_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
     """K prompts per DPO query from the policy (the SFT model unless ``model`` is given),
     one cached task per shard, seeded per query so a resumed run draws the same samples."""
     work = activate(config.work_dir)
-    if queries is None or model is None:
-        refs = run_chain(config, stop=Stage.sample).refs
-        queries, model = queries or refs["queries"], model or refs["model"]
+    given = stage_inputs(config, "sample", queries=queries, model=model)
+    queries, model = given["queries"], given["model"]
     shards = [{"rows": rows, "index": i, "model": model, "cfg": config.sample,
                "seed": config.seed}
               for i, rows in enumerate(split_shards(queries, "dpo", config.sample.shard_size))]
@@ -34,4 +32,4 @@ def sample_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
     ref = merged["samples"]
     print(f"sample: {ref.rows:,} samples of {merged['stats']['queries']:,} queries -> "
           f"{ref.path}")
-    return {"samples": ref}
+    return stage_outputs(config, "sample", {"samples": ref})

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.chain import run_chain
 from tasks import score as steps
 from tasks.runner import ShardedStage, Where, run_sharded
-from vpo_core.config import DEFAULT_CONFIG, PipelineConfig, Stage
+from vpo_core.config import DEFAULT_CONFIG, PipelineConfig
+from vpo_core.stage_index import stage_inputs, stage_outputs
 from vpo_core.tables import DataRef, ref_for
 from vpo_core.workdir import activate
 
 SCORE = ShardedStage("score", steps.shard, steps.merge, lambda o: o["rewards"],
-                     lambda o: f"{o['rewards'].rows} videos", "rewards",
-                     ("prompt", "score", "metrics", "status"))
+                     lambda o: f"{o['rewards'].rows} videos")
 
 
 @flow(name="score", log_prints=True)
@@ -22,7 +21,7 @@ def score_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
     """Score each rendered video (frame metrics, a checklist, a vision LLM or
     VisionReward), one cached task per shard of videos."""
     work = activate(config.work_dir)
-    videos = videos or run_chain(config, stop=Stage.score).refs["videos"]
+    videos = stage_inputs(config, "score", videos=videos)["videos"]
     cfg = config.score
     answers = ref_for(cfg.answers_file) if cfg.answers_file else None  # keyed by content
     cfg = cfg.model_copy(update={"answers_file": None})
@@ -33,4 +32,4 @@ def score_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
     ref = merged["rewards"]
     print(f"score: {ref.rows:,} videos scored with {cfg.backend} "
           f"({merged['stats']['status']}) -> {ref.path}")
-    return {"rewards": ref}
+    return stage_outputs(config, "score", {"rewards": ref})

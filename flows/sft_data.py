@@ -5,18 +5,17 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.chain import run_chain
 from tasks import sft_data as steps
 from tasks.runner import ShardedStage, Where, run_sharded
-from vpo_core.config import DEFAULT_CONFIG, PipelineConfig, Stage
+from vpo_core.config import DEFAULT_CONFIG, PipelineConfig
 from vpo_core.sft_data.stage import summary_markdown
+from vpo_core.stage_index import stage_inputs, stage_outputs
 from vpo_core.tables import DataRef
 from vpo_core.workdir import activate
 
 SFT_DATA = ShardedStage("sft-data", steps.shard, steps.merge, lambda o: o["examples"],
                         lambda o: f"{o['stats']['rows']} queries, {o['stats']['usable']} "
-                        "usable", "sft_examples",
-                        ("query", "generated", "judgement", "refined", "status"))
+                        "usable")
 LLM_SHARDS_AT_ONCE = 16  # all shards of a run share one limit: threads are cheap, idle slots not
 
 
@@ -26,7 +25,7 @@ def sft_data_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
     """Few-shot generation, principle critique and refinement for the SFT split, one cached
     task per shard: a re-run after a crash redoes only the unfinished shards."""
     work = activate(config.work_dir)
-    queries = queries or run_chain(config, stop=Stage.sft_data).refs["queries"]
+    queries = stage_inputs(config, "sft-data", queries=queries)["queries"]
     shards = [{"rows": rows, "index": i, "judge": config.judge, "cfg": config.sft_data,
                "checks": config.checks}
               for i, rows in enumerate(steps.plan(queries, config.sft_data.shard_size))]
@@ -37,4 +36,4 @@ def sft_data_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
                                                  config.judge.model))
     ref = merged["sft_examples"]
     print(f"sft-data: {merged['stats']['usable']:,} usable of {ref.rows:,} -> {ref.path}")
-    return {"sft_examples": ref}
+    return stage_outputs(config, "sft-data", {"sft_examples": ref})

@@ -18,12 +18,12 @@ from pydantic import TypeAdapter
 from pydantic_core import to_jsonable_python
 
 from tasks.caching import STEPS, run_cached
+from vpo_core.stages import STAGES
 from vpo_core.workdir import WORKER_ENV, activate
 
-# The modules whose tasks a step can name (importing them fills tasks.caching.STEPS).
-TASK_MODULES = ("tasks.curate", "tasks.sft_data", "tasks.training", "tasks.sample",
-                "tasks.text_feedback", "tasks.render", "tasks.score", "tasks.pairs",
-                "tasks.evaluate", "tasks.preflight")
+# The modules whose tasks a step can name (importing them fills tasks.caching.STEPS):
+# every stage's, from the registry, and the preflight probe's.
+TASK_MODULES = (*dict.fromkeys(s.steps_module for s in STAGES), "tasks.preflight")
 
 
 def typed_inputs(step: Any, kwargs: dict[str, Any]) -> dict[str, Any]:

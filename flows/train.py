@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.chain import run_chain
 from tasks import training as steps
 from tasks.artifacts import publish_stage
 from tasks.runner import Where, run_step
-from vpo_core.config import DEFAULT_CONFIG, PipelineConfig, Stage
+from vpo_core.config import DEFAULT_CONFIG, PipelineConfig
+from vpo_core.stage_index import stage_inputs, stage_outputs
 from vpo_core.tables import DataRef
 from vpo_core.training.report import summary_markdown
 from vpo_core.workdir import activate
@@ -33,14 +33,15 @@ def train_sft_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
     """SFT of the policy on the usable rows of ``sft_examples`` (built first if needed);
     returns the model and the weights it started from (``base``)."""
     work = activate(config.work_dir)
-    sft_examples = sft_examples or run_chain(config, stop=Stage.train_sft).refs["sft_examples"]
+    sft_examples = stage_inputs(config, "train-sft",
+                                sft_examples=sft_examples)["sft_examples"]
     base = steps.base_model(config.policy.model)
     out = run_step(steps.train_sft, work, force, stage="train-sft",
                    where=Where.of(config.placement, "train-sft"), data=sft_examples,
                    base=base, train=config.train_sft, max_length=config.policy.max_length,
                    seed=config.seed)
     _publish("train-sft", out)
-    return {"model": out["model"], "base": base}
+    return stage_outputs(config, "train-sft", {"model": out["model"], "base": base})
 
 
 @flow(name="train-dpo", log_prints=False)
@@ -49,12 +50,11 @@ def train_dpo_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
                    ) -> dict[str, DataRef]:
     """DPO from the SFT model (also the reference model) on ``dpo_pairs``."""
     work = activate(config.work_dir)
-    if dpo_pairs is None or sft_model is None:
-        refs = run_chain(config, stop=Stage.train_dpo).refs
-        dpo_pairs, sft_model = dpo_pairs or refs["dpo_pairs"], sft_model or refs["model"]
+    given = stage_inputs(config, "train-dpo", dpo_pairs=dpo_pairs, sft_model=sft_model)
+    dpo_pairs, sft_model = given["dpo_pairs"], given["sft_model"]
     out = run_step(steps.train_dpo, work, force, stage="train-dpo",
                    where=Where.of(config.placement, "train-dpo"), data=dpo_pairs,
                    base=sft_model, train=config.train_dpo,
                    max_length=config.policy.max_length, seed=config.seed)
     _publish("train-dpo", out)
-    return {"model": out["model"]}
+    return stage_outputs(config, "train-dpo", {"model": out["model"]})

@@ -1,9 +1,9 @@
 """The Prefect conventions every stage task follows.
 
-- Cache keys: the task's source, the source of the ``vpo_core`` modules doing its work
-  (Prefect's TASK_SOURCE sees only the task body) and of the bundled data files it reads,
-  and its inputs, with every :class:`~vpo_core.tables.DataRef` keyed by its *content
-  hash*. No location enters a key: ``out_dir`` (where a step writes) is left out, and
+- Cache keys: the step's code version (its module's import graph, the data files and
+  scripts it uses: :mod:`vpo_core.codeversion`) and its inputs, with every
+  :class:`~vpo_core.tables.DataRef` keyed by its *content hash*. No location enters a
+  key: ``out_dir`` (where a step writes) is left out, and
   tasks find the work directory's caches through :func:`vpo_core.workdir.current`, so a
   moved work directory keeps every cache hit.
 - Results: persisted with the JSON serializer (no pickle) in the work directory's
@@ -14,22 +14,22 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from prefect import Task, get_run_logger, task
-from prefect.cache_policies import TASK_SOURCE, CachePolicy
+from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 from prefect.utilities.hashing import hash_objects
 from pydantic import BaseModel
 
+from vpo_core.codeversion import code_version
 from vpo_core.errors import is_transient
+from vpo_core.stages import STAGES
 from vpo_core.tables import DataRef
 from vpo_core.workdir import WorkDir
 
@@ -51,7 +51,6 @@ def canonical(value: Any) -> Any:
 
 # Task parameters that say where, not what: never part of a cache key or an output folder.
 LOCATION_ARGS = frozenset({"out_dir"})
-DATA_DIR = Path(__file__).resolve().parents[1] / "vpo_core" / "data"
 # Every stage step by task name: what a deployment run on a work pool looks up.
 STEPS: dict[str, Task] = {}
 
@@ -61,47 +60,39 @@ def key_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
     return canonical({k: v for k, v in inputs.items() if k not in LOCATION_ARGS})
 
 
-@dataclass
-class ContentInputs(CachePolicy):
-    """Key on the inputs, with file references by content hash."""
-
-    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],
-                    flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
-        return hash_objects(key_inputs(inputs), raise_on_failure=True)
+def step_extras(module: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What the steps of tasks module ``module`` run or read outside their import graph,
+    as the stage registry declares it: subprocess modules and files."""
+    specs = [s for s in STAGES if s.steps_module == module]
+    return (tuple(sorted({m for s in specs for m in s.subprocess_modules})),
+            tuple(sorted({f for s in specs for f in s.files})))
 
 
 @cache
-def source_digest(modules: tuple[str, ...], data: tuple[str, ...] = ()) -> str:
-    """SHA-256 of the source files of some modules (every .py file of a package) and of
-    some bundled data files (``vpo_core/data``)."""
-    digest = hashlib.sha256()
-    for name in sorted(modules):
-        module = importlib.import_module(name)
-        if hasattr(module, "__path__"):  # a package: all its source files
-            files = sorted(p for root in module.__path__ for p in Path(root).rglob("*.py"))
-        else:
-            files = [Path(module.__file__)]
-        for path in files:
-            digest.update(path.read_bytes())
-    for name in sorted(data):
-        digest.update(name.encode() + b"\0" + (DATA_DIR / name).read_bytes())
-    return digest.hexdigest()
+def module_code_version(module: str) -> str:
+    """The code version of the steps declared in tasks module ``module``."""
+    extra_modules, files = step_extras(module)
+    return code_version((module, *extra_modules), files)
+
+
+def step_code_version(step: Task) -> str:
+    """A step's code version: its module's import graph (vpo_core.codeversion)."""
+    return module_code_version(step.fn.__module__)
+
+
+def step_key(step: Task, inputs: dict[str, Any]) -> str:
+    """The cache key of ``step`` called with ``inputs``: its code version and its inputs
+    by content. The parent computes it to find what a worker stored."""
+    return hash_objects(step_code_version(step), key_inputs(inputs), raise_on_failure=True)
 
 
 @dataclass
-class CodeVersion(CachePolicy):
-    """Key on the source of the library code a task calls and the data files it reads."""
-
-    modules: tuple[str, ...] = field(default_factory=tuple)
-    data: tuple[str, ...] = field(default_factory=tuple)
+class StepKey(CachePolicy):
+    """Prefect's cache policy of every stage step: :func:`step_key`."""
 
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],
                     flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
-        return source_digest(self.modules, self.data)
-
-
-# Library modules every stage depends on: the data contract and its helpers.
-COMMON_MODULES = ("vpo_core.schemas", "vpo_core.tables", "vpo_core.config")
+        return step_key(task_ctx.task, inputs)
 
 
 def retry_transient(task: Task, task_run: Any, state: Any) -> bool:
@@ -113,16 +104,14 @@ def retry_transient(task: Task, task_run: Any, state: Any) -> bool:
     return False
 
 
-def stage_task(*, name: str, modules: tuple[str, ...], data: tuple[str, ...] = (),
-               retries: int = 3) -> Callable[[Callable[..., Any]], Task]:
-    """The ``@task`` of a stage step: cached across runs on content, JSON results, retries
-    with exponential backoff and jitter for transient errors. ``data`` names the bundled
-    files of ``vpo_core/data`` the step's result depends on."""
+def stage_task(*, name: str, retries: int = 3) -> Callable[[Callable[..., Any]], Task]:
+    """The ``@task`` of a stage step: cached across runs on its code version and its
+    inputs' content, JSON results, retries with exponential backoff and jitter for
+    transient errors."""
     def register(fn: Callable[..., Any]) -> Task:
         step = task(
             name=name,
-            cache_policy=TASK_SOURCE + ContentInputs()
-            + CodeVersion(modules=COMMON_MODULES + modules, data=data),
+            cache_policy=StepKey(),
             persist_result=True,
             result_serializer="json",
             retries=retries,

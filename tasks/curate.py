@@ -22,10 +22,8 @@ from vpo_core.curate.sources import HF_PREFIX, fetch_hf_dataset, input_files
 from vpo_core.tables import DataRef, ref_for
 from vpo_core.workdir import WorkDir, current
 
-MODULES = ("vpo_core.curate",)
 
-
-@stage_task(name="curate-fetch-hf", modules=MODULES, retries=4)
+@stage_task(name="curate-fetch-hf", retries=4)
 def fetch_hf(spec: str, split: str, data_files: str | None, out_dir: str) -> dict[str, Any]:
     """Download a Hugging Face dataset once and keep it as Parquet in the work directory."""
     path = fetch_hf_dataset(spec, split, data_files, Path(out_dir) / "hf-cache",
@@ -49,24 +47,23 @@ def resolve_input(cfg: CurateConfig, work: WorkDir, force: bool) -> list[DataRef
     return hash_input(cfg.input)
 
 
-@stage_task(name="curate-ingest", modules=MODULES)
+@stage_task(name="curate-ingest")
 def ingest(sources: list[DataRef], prompt_column: str, out_dir: str) -> dict[str, Any]:
     return stage.ingest([Path(s.path) for s in sources], prompt_column, Path(out_dir))
 
 
-@stage_task(name="curate-clean", modules=MODULES)
+@stage_task(name="curate-clean")
 def clean(raw: DataRef, filters: FilterConfig, near_duplicates: NearDuplicateConfig,
           seed: int, out_dir: str) -> dict[str, Any]:
     return stage.clean(raw, filters, near_duplicates, Path(out_dir), seed)
 
 
-@stage_task(name="curate-label-safety", modules=MODULES, data=("safety_keywords.txt",))
+@stage_task(name="curate-label-safety")
 def label(candidates: DataRef, safety: SafetyConfig, out_dir: str) -> dict[str, Any]:
     return stage.label(candidates, safety, Path(out_dir))
 
 
-@stage_task(name="curate-recheck-safety",
-            modules=(*MODULES, "vpo_core.llm", "vpo_core.prompts", "vpo_core.models"))
+@stage_task(name="curate-recheck-safety")
 def recheck_safety(labelled: DataRef, safety: SafetyConfig, split: SplitConfig, seed: int,
                    judge: LLMConfig, out_dir: str) -> dict[str, Any]:
     """The judge LLM re-checks the flagged queries the splits may use."""
@@ -75,6 +72,6 @@ def recheck_safety(labelled: DataRef, safety: SafetyConfig, split: SplitConfig, 
                            judge_api_key(judge), str(work.models), work.root)
 
 
-@stage_task(name="curate-split", modules=MODULES)
+@stage_task(name="curate-split")
 def split(labelled: DataRef, split: SplitConfig, seed: int, out_dir: str) -> dict[str, Any]:
     return stage.split(labelled, split, seed, Path(out_dir))

@@ -18,12 +18,8 @@ from vpo_core.optimizer import Sampling
 from vpo_core.tables import DataRef, read_table
 from vpo_core.workdir import current
 
-MODULES = ("vpo_core.evaluate", "vpo_core.checks", "vpo_core.llm", "vpo_core.prompts",
-           "vpo_core.optimizer", "vpo_core.render", "vpo_core.reward")
 
-
-@stage_task(name="evaluate-run", modules=MODULES,
-            data=("demonstrations.json", "visionreward_video_checklist.json"))
+@stage_task(name="evaluate-run")
 def run(queries: DataRef, models: dict[str, DataRef | str], judge: LLMConfig,
         cfg: EvaluateConfig,
         max_new_tokens: int, render: RenderConfig, score: ScoreConfig, checks: ChecksConfig,

@@ -10,10 +10,8 @@ from vpo_core.config import ChecksConfig, PairsConfig
 from vpo_core.pairs.build import build_pairs, summary, text_candidates
 from vpo_core.tables import DataRef, read_table, write_table
 
-MODULES = ("vpo_core.pairs", "vpo_core.checks", "vpo_core.reward.checklist", "vpo_core.prompts")
 
-
-@stage_task(name="pairs-build", modules=MODULES)
+@stage_task(name="pairs-build")
 def build(critiques: DataRef, rewards: DataRef, cfg: PairsConfig, checks: ChecksConfig,
           seed: int, out_dir: str) -> dict[str, Any]:
     text = text_candidates(read_table(critiques, "critiques"))

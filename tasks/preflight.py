@@ -130,7 +130,7 @@ def preflight(config: PipelineConfig) -> list[dict[str, Any]]:
     return [asdict(f) for f in findings]
 
 
-@stage_task(name=PROBE_STEP, modules=("vpo_core.preflight",), retries=0)
+@stage_task(name=PROBE_STEP, retries=0)
 def probe_step(token: str, out_dir: str) -> dict[str, str]:
     """On a pool's worker: answer the parent's probe in this worker's work directory."""
     return answer_probe(current().root, token)

@@ -12,10 +12,8 @@ from vpo_core.config import RenderConfig
 from vpo_core.render.renderer import render_rows
 from vpo_core.tables import DataRef, concat_tables, write_table
 
-MODULES = ("vpo_core.render",)
 
-
-@stage_task(name="render-shard", modules=MODULES)
+@stage_task(name="render-shard")
 def shard(rows: list[dict[str, Any]], index: int, cfg: RenderConfig, seed: int,
           out_dir: str) -> dict[str, Any]:
     out = Path(out_dir)
@@ -23,7 +21,7 @@ def shard(rows: list[dict[str, Any]], index: int, cfg: RenderConfig, seed: int,
     return {"videos": write_table(df, out / f"videos-{index:05d}.parquet", "videos")}
 
 
-@stage_task(name="render-merge", modules=MODULES)
+@stage_task(name="render-merge")
 def merge(shards: list[DataRef], out_dir: str) -> dict[str, Any]:
     df = concat_tables(shards, "videos")
     vc = df.get_column("status").value_counts()

@@ -16,7 +16,6 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 from prefect import Task, get_run_logger, task
@@ -35,9 +34,10 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic_core import to_jsonable_python
 
 from tasks.artifacts import publish_stage, stats_markdown
-from tasks.caching import STEPS, refs_in, run_cached, stage_out_dir
+from tasks.caching import STEPS, refs_in, run_cached, stage_out_dir, step_key
 from vpo_core.config import PlacementConfig
 from vpo_core.errors import StageFailed
+from vpo_core.stages import spec
 from vpo_core.tables import read_table
 from vpo_core.workdir import WorkDir
 
@@ -56,13 +56,6 @@ class Where:
     def of(cls, placement: PlacementConfig, stage: str, parallel: int = 1) -> Where:
         pool = getattr(placement, stage.replace("-", "_"))
         return cls(pool, placement.max_in_flight if pool else parallel, placement.deadline_s)
-
-
-def step_key(step: Task, kwargs: dict[str, Any]) -> str:
-    """The cache key Prefect gives ``step`` called with ``kwargs`` (computed here so the
-    parent can look up what a worker stored)."""
-    return step.cache_policy.compute_key(task_ctx=SimpleNamespace(task=step), inputs=kwargs,
-                                         flow_parameters={})
 
 
 def _dispatch_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -183,8 +176,8 @@ class ShardedStage:
     """A stage cut into shards: one cached ``shard`` step per shard, then ``merge``.
 
     ``merge_input`` picks what the merge takes of a shard's result; ``describe`` says a
-    shard's outcome in its log line; ``columns`` are the outputs' columns shown in the
-    sample-rows artifact of ``table``.
+    shard's outcome in its log line. The sample-rows artifact shows the registry's
+    summary columns of the stage's first output.
     """
 
     name: str
@@ -192,8 +185,14 @@ class ShardedStage:
     merge: Task
     merge_input: Callable[[Any], Any]
     describe: Callable[[Any], str]
-    table: str
-    columns: tuple[str, ...]
+
+    @property
+    def table(self) -> str:
+        return spec(self.name).outputs[0]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return spec(self.name).summary
 
 
 def run_sharded(stage: ShardedStage, work: WorkDir, force: bool, shards: list[dict[str, Any]],

@@ -10,15 +10,13 @@ from vpo_core.config import SampleConfig
 from vpo_core.sample import stage
 from vpo_core.tables import DataRef
 
-MODULES = ("vpo_core.sample", "vpo_core.optimizer", "vpo_core.prompts", "vpo_core.shards")
 
-
-@stage_task(name="sample-shard", modules=MODULES)
+@stage_task(name="sample-shard")
 def shard(rows: list[dict[str, Any]], index: int, model: DataRef, cfg: SampleConfig,
           seed: int, out_dir: str) -> dict[str, Any]:
     return stage.sample_shard(rows, model.path, cfg, seed, Path(out_dir), index)
 
 
-@stage_task(name="sample-merge", modules=MODULES)
+@stage_task(name="sample-merge")
 def merge(shards: list[DataRef], out_dir: str) -> dict[str, Any]:
     return stage.merge(shards, Path(out_dir))

@@ -14,10 +14,8 @@ from vpo_core.reward.checklist import read_answers_file
 from vpo_core.reward.scoring import score_rows
 from vpo_core.tables import DataRef, concat_tables, read_table, write_table
 
-MODULES = ("vpo_core.reward", "vpo_core.llm", "vpo_core.render.video")
 
-
-@stage_task(name="score-shard", modules=MODULES, data=("visionreward_video_checklist.json",))
+@stage_task(name="score-shard")
 def shard(videos: DataRef, lo: int, hi: int, cfg: ScoreConfig, judge: LLMConfig,
           answers: DataRef | None, out_dir: str) -> dict[str, Any]:
     """Score videos[lo:hi]; ``answers`` is the configured answers file, by content."""
@@ -28,7 +26,7 @@ def shard(videos: DataRef, lo: int, hi: int, cfg: ScoreConfig, judge: LLMConfig,
     return {"rewards": write_table(df, Path(out_dir) / f"rewards-{lo:07d}.parquet", "rewards")}
 
 
-@stage_task(name="score-merge", modules=MODULES)
+@stage_task(name="score-merge")
 def merge(shards: list[DataRef], out_dir: str) -> dict[str, Any]:
     df = concat_tables(shards, "rewards")
     vc = df.get_column("status").value_counts()

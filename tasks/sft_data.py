@@ -14,9 +14,6 @@ from vpo_core.sft_data import stage
 from vpo_core.tables import DataRef
 from vpo_core.workdir import current
 
-MODULES = ("vpo_core.sft_data", "vpo_core.checks", "vpo_core.shards", "vpo_core.llm",
-           "vpo_core.prompts", "vpo_core.models")
-
 
 @task(name="sft-data-plan")
 def plan(queries: DataRef, shard_size: int) -> list[list[dict[str, Any]]]:
@@ -24,7 +21,7 @@ def plan(queries: DataRef, shard_size: int) -> list[list[dict[str, Any]]]:
     return stage.shard_queries(queries, shard_size)
 
 
-@stage_task(name="sft-data-shard", modules=MODULES, data=("demonstrations.json",))
+@stage_task(name="sft-data-shard")
 def shard(rows: list[dict[str, Any]], index: int, judge: LLMConfig, cfg: SftDataConfig,
           checks: ChecksConfig, out_dir: str) -> dict[str, Any]:
     work = current()  # the model cache and the call store; never part of a cache key
@@ -32,6 +29,6 @@ def shard(rows: list[dict[str, Any]], index: int, judge: LLMConfig, cfg: SftData
                            str(work.models), work.root, checks)
 
 
-@stage_task(name="sft-data-merge", modules=MODULES)
+@stage_task(name="sft-data-merge")
 def merge(shards: list[DataRef], out_dir: str) -> dict[str, Any]:
     return stage.merge(shards, Path(out_dir))

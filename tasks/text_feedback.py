@@ -12,11 +12,8 @@ from vpo_core.tables import DataRef
 from vpo_core.text_feedback import stage
 from vpo_core.workdir import current
 
-MODULES = ("vpo_core.text_feedback", "vpo_core.checks", "vpo_core.llm", "vpo_core.prompts",
-           "vpo_core.models")
 
-
-@stage_task(name="text-feedback-shard", modules=MODULES)
+@stage_task(name="text-feedback-shard")
 def shard(samples: list[dict[str, Any]], index: int, judge: LLMConfig, checks: ChecksConfig,
           out_dir: str) -> dict[str, Any]:
     work = current()  # the model cache and the call store; never part of a cache key
@@ -24,6 +21,6 @@ def shard(samples: list[dict[str, Any]], index: int, judge: LLMConfig, checks: C
                            str(work.models), work.root, checks)
 
 
-@stage_task(name="text-feedback-merge", modules=MODULES)
+@stage_task(name="text-feedback-merge")
 def merge(shards: list[dict[str, DataRef]], out_dir: str) -> dict[str, Any]:
     return stage.merge(shards, Path(out_dir))

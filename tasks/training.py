@@ -16,8 +16,6 @@ from vpo_core.training.launch import run_training
 from vpo_core.training.trainer import TrainSpec
 from vpo_core.workdir import current
 
-MODULES = ("vpo_core.training", "vpo_core.prompts", "vpo_core.models")
-
 
 @task(name="policy-base")
 def base_model(model: str) -> DataRef | str:
@@ -56,13 +54,13 @@ def _train(kind: str, data: DataRef, base: DataRef | str, train: Any, max_length
             "loss_png": ref_for(Path(out_dir) / "loss.png", "image")}
 
 
-@stage_task(name="train-sft-run", modules=MODULES)
+@stage_task(name="train-sft-run")
 def train_sft(data: DataRef, base: DataRef | str, train: TrainSftConfig, max_length: int,
               seed: int, out_dir: str) -> dict[str, Any]:
     return _train("sft", data, base, train, max_length, seed, out_dir)
 
 
-@stage_task(name="train-dpo-run", modules=MODULES)
+@stage_task(name="train-dpo-run")
 def train_dpo(data: DataRef, base: DataRef, train: TrainDpoConfig, max_length: int,
               seed: int, out_dir: str) -> dict[str, Any]:
     return _train("dpo", data, base, train, max_length, seed, out_dir)

@@ -126,7 +126,7 @@ def test_artifacts(config: PipelineConfig) -> None:
 
 def test_forced_curate_gives_the_same_data_downstream(config: PipelineConfig, judge) -> None:
     config.judge = judge
-    out = sft_data_flow(config)
+    out = sft_data_flow(config, queries=curate_flow(config)["queries"])
     forced = curate_flow(config, force=True)
     again = sft_data_flow(config, queries=forced["queries"])
     assert forced["queries"].sha256 == curate_flow(config)["queries"].sha256
@@ -136,7 +136,7 @@ def test_forced_curate_gives_the_same_data_downstream(config: PipelineConfig, ju
 calls: dict[str, int] = {}
 
 
-@stage_task(name="flaky", modules=())
+@stage_task(name="flaky")
 def flaky(kind: str, out_dir: str) -> dict:
     calls[kind] = calls.get(kind, 0) + 1
     if kind == "transient" and calls[kind] == 1:

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.curate import curate_flow
 from flows.sft_data import sft_data_flow
-from tasks.caching import DATA_DIR, source_digest
+from tasks.caching import module_code_version
+from vpo_core.codeversion import DATA, ROOT
 from vpo_core.config import LLMConfig, PipelineConfig, load_config
 from vpo_core.curate.sources import bundled_queries
 from vpo_core.prompts import templates
@@ -30,6 +32,11 @@ def _config(tmp_path: Path, judge: LLMConfig, work: Path) -> PipelineConfig:
     return load_config(path)
 
 
+def _sft_data(cfg: PipelineConfig) -> dict:
+    """sft-data on the queries curate makes (cached after the first call)."""
+    return sft_data_flow(cfg, queries=curate_flow(cfg)["queries"])
+
+
 def _mtimes(work: Path) -> dict[str, int]:
     return {str(p.relative_to(work)): p.stat().st_mtime_ns
             for p in (work / "data").rglob("*.parquet")}
@@ -37,12 +44,12 @@ def _mtimes(work: Path) -> dict[str, int]:
 
 def test_moved_work_directory_keeps_every_cache_hit(tmp_path: Path, judge: LLMConfig,
                                                     fake_llm) -> None:
-    first = sft_data_flow(_config(tmp_path, judge, tmp_path / "work"))
+    first = _sft_data(_config(tmp_path, judge, tmp_path / "work"))
     sent, before = sum(fake_llm.fake.requests.values()), _mtimes(tmp_path / "work")
     assert sent > 0 and first["sft_examples"].loc.startswith("data/sft-data/")
 
     shutil.move(tmp_path / "work", tmp_path / "moved")
-    again = sft_data_flow(_config(tmp_path, judge, tmp_path / "moved"))
+    again = _sft_data(_config(tmp_path, judge, tmp_path / "moved"))
     assert sum(fake_llm.fake.requests.values()) == sent          # no call made again
     assert _mtimes(tmp_path / "moved") == before                  # nothing rewritten
     assert again == first                                         # the same references
@@ -53,22 +60,22 @@ def test_moved_work_directory_keeps_every_cache_hit(tmp_path: Path, judge: LLMCo
 def test_edited_demonstrations_recompute_sft_data_not_curate(tmp_path: Path, judge: LLMConfig,
                                                             fake_llm) -> None:
     cfg = _config(tmp_path, judge, tmp_path / "work")
-    sft_data_flow(cfg)
+    _sft_data(cfg)
     curate_files = {k: v for k, v in _mtimes(tmp_path / "work").items()
                     if k.startswith("data/curate/")}
     sent = sum(fake_llm.fake.requests.values())
-    demos = DATA_DIR / "demonstrations.json"
+    demos = ROOT / DATA / "demonstrations.json"
     original = demos.read_text(encoding="utf-8")
     edited = json.loads(original)
     edited[0]["prompt"] += " The fox's tracks fill with falling snow."
     try:
         demos.write_text(json.dumps(edited, indent=2), encoding="utf-8")
-        source_digest.cache_clear()
+        module_code_version.cache_clear()
         templates.demonstrations.cache_clear()
-        sft_data_flow(cfg)
+        _sft_data(cfg)
     finally:
         demos.write_text(original, encoding="utf-8")
-        source_digest.cache_clear()
+        module_code_version.cache_clear()
         templates.demonstrations.cache_clear()
     assert sum(fake_llm.fake.requests.values()) > sent           # sft-data asked again
     after = _mtimes(tmp_path / "work")

@@ -21,6 +21,7 @@ from prefect.client.schemas.filters import (
 )
 
 from flows.curate import curate_flow
+from flows.pipeline import pipeline_flow
 from flows.sft_data import sft_data_flow
 from vpo_core.config import LLMConfig, PipelineConfig, load_config
 from vpo_core.curate.sources import bundled_queries
@@ -54,7 +55,7 @@ def _flow_runs(state) -> list:
 
 def test_rerun_makes_no_new_requests(tmp_path: Path, judge: LLMConfig, fake_llm) -> None:
     cfg = _config(tmp_path, judge)
-    first = sft_data_flow(cfg)
+    first = sft_data_flow(cfg, queries=curate_flow(cfg)["queries"])
     sent = sum(fake_llm.fake.requests.values())
     again = sft_data_flow(cfg)
     assert sum(fake_llm.fake.requests.values()) == sent          # all cache hits
@@ -84,7 +85,7 @@ def test_killed_run_resumes_without_redoing_finished_shards(tmp_path: Path, judg
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     proc = subprocess.Popen(
         [sys.executable, "-c", "from flows.cli import main; main()", "sft-data",
-         "--config", str(tmp_path / "config.yaml")],
+         "--with-upstream", "--config", str(tmp_path / "config.yaml")],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shard_dir = Path(cfg.work_dir) / "data" / "sft-data"
     deadline = time.time() + 240
@@ -114,7 +115,7 @@ def test_canary_key_is_never_written(tmp_path: Path, judge: LLMConfig, fake_llm,
     fake_llm.fake.api_key = CANARY                        # the server checks it
     fake_llm.fake.fault_rate = 0.2
     cfg = _config(tmp_path, judge.model_copy(update={"api_key_env": "VPO_TEST_JUDGE_KEY"}))
-    state = sft_data_flow(cfg, return_state=True)
+    state = pipeline_flow(cfg, check=False, until="sft-data", return_state=True)
     assert state.is_completed() and fake_llm.fake.outcomes["auth"] == 0
     for path in Path(cfg.work_dir).rglob("*"):            # Parquet, results, Prefect's DB
         if path.is_file() and not path.name.endswith((".safetensors", ".bin")):

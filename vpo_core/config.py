@@ -8,32 +8,19 @@ hyper-parameters). A YAML file may start from a preset with ``extends: <preset>`
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from vpo_core.errors import ConfigError
+from vpo_core.stages import STAGES, Stage
+
+__all__ = ["Stage"]  # re-exported: the registry declares the stages
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_PRESET = "cpu-tiny"
-
-
-class Stage(StrEnum):
-    """Pipeline stages in run order; the value is the name used on the command line."""
-
-    curate = "curate"
-    sft_data = "sft-data"
-    train_sft = "train-sft"
-    sample = "sample"
-    text_feedback = "text-feedback"
-    render = "render"
-    score = "score"
-    pairs = "pairs"
-    train_dpo = "train-dpo"
-    evaluate = "evaluate"
 
 
 class Section(BaseModel):
@@ -416,23 +403,13 @@ class ChecksConfig(Section):
                                 "words (safety queries are exempt).")
 
 
-class PlacementConfig(Section):
+class _Placement(Section):
     """Where each stage runs: empty = inline, in the flow's own process; a work pool name
     (e.g. 'gpu') = each shard (sample, render, score, sft-data, text-feedback) or the whole
     step (train-sft, train-dpo, evaluate) as a run of the 'vpo-step/<pool>' deployment on
     that pool's workers. The work directory must then be storage the workers share (NFS, a
-    ReadWriteMany volume)."""
+    ReadWriteMany volume). One field per placeable stage of the registry."""
 
-    sft_data: str | None = Field(None, description="Work pool of the sft-data shards.")
-    train_sft: str | None = Field(None, description="Work pool of SFT training (one run; "
-                                  "multi-GPU inside it with train_sft.num_processes).")
-    sample: str | None = Field(None, description="Work pool of the sample shards.")
-    text_feedback: str | None = Field(None, description="Work pool of the text-feedback "
-                                      "shards.")
-    render: str | None = Field(None, description="Work pool of the render shards.")
-    score: str | None = Field(None, description="Work pool of the score shards.")
-    train_dpo: str | None = Field(None, description="Work pool of DPO training (one run).")
-    evaluate: str | None = Field(None, description="Work pool of the evaluation (one run).")
     max_in_flight: int = Field(64, ge=1, description="Deployment runs a stage keeps "
                                "submitted at once (the pool's workers take them as they "
                                "free up).")
@@ -452,6 +429,14 @@ class PreflightConfig(Section):
     probe_timeout_s: float = Field(120.0, gt=0, description="Longest wait for a worker of a "
                                    "placed pool to answer the shared-storage probe; no answer "
                                    "is a warning.")
+
+
+_DEVICES = {"cpu": "a CPU worker", "gpu": "one GPU each", "gpus": "all the GPUs of its worker"}
+PlacementConfig = create_model(
+    "PlacementConfig", __base__=_Placement, __doc__=_Placement.__doc__,
+    **{s.key: (str | None, Field(None, description=f"Work pool of the {s.name} steps "
+                                 f"({_DEVICES[s.placement]}); empty: inline."))
+       for s in STAGES if s.placement})
 
 
 # --------------------------------------------------------------------------- pipeline
