@@ -5,6 +5,8 @@ keeps one model per GPU). The work directory must then be storage the workers sh
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow
 
 from tasks import render as steps
@@ -14,10 +16,19 @@ from vpo_core.shards import chunks
 from vpo_core.stage_index import stage_inputs, stage_outputs
 from vpo_core.tables import DataRef
 from vpo_core.text_feedback.stage import to_render
-from vpo_core.workdir import activate
+from vpo_core.workdir import WorkDir, activate
 
 RENDER = ShardedStage("render", steps.shard, steps.merge, lambda o: o["videos"],
                       lambda o: f"{o['videos'].rows} videos")
+
+
+def render_prompts(config: PipelineConfig, work: WorkDir, force: bool,
+                   rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Render ``rows`` ({query_id, query, sample_index, prompt}) as the render stage's
+    shards, inline or on ``placement.render``: the samples here, evaluate's prompts too."""
+    shards = [{"rows": part, "index": i, "cfg": config.render, "seed": config.seed}
+              for i, part in enumerate(chunks(rows, config.render.shard_size))]
+    return run_sharded(RENDER, work, force, shards, Where.of(config.placement, "render"))
 
 
 @flow(name="render", log_prints=True)
@@ -26,10 +37,8 @@ def render_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
     """Render every sample judged "Yes" with the configured text-to-video pipeline."""
     work = activate(config.work_dir)
     critiques = stage_inputs(config, "render", critiques=critiques)["critiques"]
-    rows = to_render(critiques, config.text_feedback.gate_render)
-    shards = [{"rows": part, "index": i, "cfg": config.render, "seed": config.seed}
-              for i, part in enumerate(chunks(rows, config.render.shard_size))]
-    merged = run_sharded(RENDER, work, force, shards, Where.of(config.placement, "render"))
+    merged = render_prompts(config, work, force,
+                            to_render(critiques, config.text_feedback.gate_render))
     ref = merged["videos"]
     print(f"render: {ref.rows:,} videos ({merged['stats']['status']}) -> {ref.path}")
     return stage_outputs(config, "render", {"videos": ref})

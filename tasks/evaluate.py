@@ -1,5 +1,6 @@
-"""Prefect task of the evaluate stage: every method judged (and optionally rendered and
-scored) in one cached task."""
+"""Prefect tasks of the evaluate stage: every method judged in one cached task; with
+``evaluate.video`` the report again with the video table, once the render and score
+stages' steps have made and scored the videos (flows/evaluate.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import polars as pl
 
 from tasks.caching import stage_task
 from tasks.llm import judge_api_key
-from vpo_core.config import ChecksConfig, EvaluateConfig, LLMConfig, RenderConfig, ScoreConfig
+from vpo_core.config import ChecksConfig, EvaluateConfig, LLMConfig
 from vpo_core.evaluate.methods import FewShot, Method, OptimizerMethod, original
 from vpo_core.evaluate.stage import evaluate
-from vpo_core.evaluate.video import video_scores
+from vpo_core.evaluate.video import with_video
 from vpo_core.optimizer import Sampling
 from vpo_core.tables import DataRef, read_table
 from vpo_core.workdir import current
@@ -22,9 +23,8 @@ from vpo_core.workdir import current
 @stage_task(name="evaluate-run")
 def run(queries: DataRef, models: dict[str, DataRef | str], judge: LLMConfig,
         cfg: EvaluateConfig,
-        max_new_tokens: int, render: RenderConfig, score: ScoreConfig, checks: ChecksConfig,
-        seed: int,
-        out_dir: str) -> dict[str, Any]:
+        max_new_tokens: int, checks: ChecksConfig, seed: int, out_dir: str
+        ) -> dict[str, Any]:
     key, work = judge_api_key(judge), current()
     model_cache = str(work.models)
     rows = (read_table(queries, "queries").filter(pl.col("split") == "eval")
@@ -35,7 +35,11 @@ def run(queries: DataRef, models: dict[str, DataRef | str], judge: LLMConfig,
                                   "few-shot": FewShot(judge, key, model_cache, work.root)}
     methods |= {name: OptimizerMethod(ref.path if isinstance(ref, DataRef) else ref, sampling)
                 for name, ref in models.items()}
-    video = (lambda df: video_scores(df, render, score, seed, Path(out_dir), judge, key)) \
-        if cfg.video else None
     return evaluate(rows, methods, judge, max(1, cfg.reoptimize_rounds), Path(out_dir), key,
-                    model_cache, video, checks, work.root)
+                    model_cache, checks, work.root)
+
+
+@stage_task(name="evaluate-video-report")
+def video_report(summary: DataRef, rewards: DataRef, out_dir: str) -> dict[str, Any]:
+    """The report with the video table of the evaluation's scored videos."""
+    return with_video(Path(summary.path), read_table(rewards, "rewards"), Path(out_dir))

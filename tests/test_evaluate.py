@@ -18,7 +18,7 @@ from vpo_core.evaluate.stage import evaluate
 from vpo_core.optimizer import Optimizer, Sampling
 from vpo_core.prompts.eval_templates import alignment_messages
 from vpo_core.schemas import EVAL_JUDGEMENTS
-from vpo_core.tables import write_table
+from vpo_core.tables import polars_schema, write_table
 from vpo_core.testing.openai_server import default_responder
 
 QUERIES = [{"query_id": f"q{i}", "query": q} for i, q in enumerate([
@@ -283,30 +283,34 @@ def test_optimizer_rounds_with_the_bundled_model(tmp_path: Path, judge_cfg: LLMC
     assert "| sft | 1 |" in out["markdown"]
 
 
-def test_video_table_renders_and_scores_every_round(tmp_path: Path, judge_cfg: LLMConfig
-                                                    ) -> None:
-    """Table 3 is video-level: every method's prompt of every round is rendered (the tiny
-    CogVideoX) and scored (frame metrics), reported per method and round."""
-    from vpo_core.config import RenderConfig, ScoreConfig
-    from vpo_core.evaluate.video import video_scores
+def test_video_rows_and_the_report_with_the_video_table(tmp_path: Path, judge_cfg: LLMConfig
+                                                       ) -> None:
+    """Table 3 is video-level: every method's prompt of every round becomes a render row;
+    the scored videos' table is added to the report (flows: tests/test_evaluate_flow.py)."""
+    from vpo_core.evaluate.video import video_rows, with_video
 
     def scripted(queries: list[str], rounds: int) -> dict[int, list[str]]:
         return {1: [f"{q}, cinematic" for q in queries],
                 2: [f"{q}, cinematic, golden light" for q in queries]}
 
-    render, score = RenderConfig(shard_size=8), ScoreConfig()
     out = evaluate(QUERIES[:2], {"original": original, "scripted": scripted}, judge_cfg, 2,
-                   tmp_path, video=lambda df: video_scores(df, render, score, 0, tmp_path))
-    rewards = pl.read_parquet(out["eval_rewards"].path)
-    keys = sorted(zip(rewards["query_id"], rewards["sample_index"], strict=True))
-    assert keys == [("original/q0", 0), ("original/q1", 0), ("scripted/q0", 1),
-                    ("scripted/q0", 2), ("scripted/q1", 1), ("scripted/q1", 2)]
-    video = {(r["method"], r["round"]): r for r in out["summary"]["video"]}
-    assert set(video) == {("original", 0), ("scripted", 1), ("scripted", 2)}
-    assert all(r["videos"] == 2 and 0 <= r["score"] <= 1 and r["alignment"] is None
-               for r in video.values())
-    assert "## Video-level reward by round (Table 3)" in out["markdown"]
-    assert "| scripted | 2 | 2 |" in out["markdown"]
+                   tmp_path)
+    rows = video_rows(pl.read_parquet(out["eval_judgements"].path))
+    assert sorted((r["query_id"], r["sample_index"]) for r in rows) == [
+        ("original/q0", 0), ("original/q1", 0), ("scripted/q0", 1), ("scripted/q0", 2),
+        ("scripted/q1", 1), ("scripted/q1", 2)]
+    rewards = pl.DataFrame([{**r, "video_path": None, "backend": "frame-metrics",
+                             "score": 0.25 * (r["sample_index"] + 1), "status": "ok"}
+                            for r in rows], schema=polars_schema("rewards"),
+                           strict=False)
+    report = with_video(Path(out["eval_summary"].path), rewards, tmp_path)
+    video = {(r["method"], r["round"]): r for r in report["summary"]["video"]}
+    assert {k: (v["videos"], v["score"]) for k, v in video.items()} == {
+        ("original", 0): (2, 0.25), ("scripted", 1): (2, 0.5), ("scripted", 2): (2, 0.75)}
+    assert all(r["alignment"] is None for r in video.values())
+    assert "## Video-level reward by round (Table 3)" in report["markdown"]
+    assert "| scripted | 2 | 2 |" in report["markdown"]
+    assert Path(report["eval_report"].path).read_text() == report["markdown"]
 
 
 def test_video_dimensions_from_checklist_answers() -> None:

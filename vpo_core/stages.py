@@ -126,7 +126,8 @@ STAGES: tuple[StageSpec, ...] = (
               subprocess_modules=_TRAINING, files=_ACCELERATE),
     StageSpec("evaluate", "Judge the original queries, the few-shot teacher and the "
               "optimizers on the held-out split.",
-              outputs=("eval_judgements", "eval_report", "eval_chart"),
+              outputs=("eval_judgements", "eval_summary", "eval_report", "eval_chart",
+                       "eval_videos", "eval_rewards"),
               inputs=(_in("queries", "curate"),),
               reads=("judge", "checks", "sample", "render", "score"), placement="gpu",
               files=("vpo_core/reward/visionreward_runner.py",),

@@ -6,15 +6,16 @@ Every (query, method, round) stays in ``eval_judgements`` with its status: rows 
 could not label are counted, not dropped (see :mod:`.report` for how rates count them).
 The stage fails only when every judge call failed (a wrong key, an unreachable server),
 writing nothing. Every prompt also goes through the principle checks
-(:mod:`vpo_core.checks`), reported beside the judge's labels. ``video`` (optional) renders
-and scores the prompts (:mod:`.video`) and adds their table to the report.
+(:mod:`vpo_core.checks`), reported beside the judge's labels. With ``evaluate.video`` the
+prompts are rendered and scored by the render and score stages' steps afterwards, and
+:func:`vpo_core.evaluate.video.with_video` adds their table to the report.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +91,8 @@ def _fail_if_judge_down(judgements: list[Judgement]) -> None:
 
 def evaluate(queries: Sequence[Mapping[str, Any]], methods: Mapping[str, Method],
              judge: LLMConfig, rounds: int, out_dir: Path, api_key: str | None = None,
-             model_cache: str | None = None,
-             video: Callable[[pl.DataFrame], dict[str, Any]] | None = None,
-             checks: ChecksConfig | None = None, work_root: str | Path | None = None
-             ) -> dict[str, Any]:
+             model_cache: str | None = None, checks: ChecksConfig | None = None,
+             work_root: str | Path | None = None) -> dict[str, Any]:
     """Judge every method's prompts for ``queries`` ({query_id, query}); optimizer methods
     run ``rounds`` rounds. Writes ``eval_judgements.parquet``, ``eval_summary.json``,
     ``eval_report.md`` and ``eval_chart.png`` into ``out_dir`` and returns their refs, the
@@ -122,8 +121,7 @@ def evaluate(queries: Sequence[Mapping[str, Any]], methods: Mapping[str, Method]
         "cost": float(df["cost"].sum()), "seconds": round(time.perf_counter() - start, 2),
         "results": results(df),
     }
-    extra = video(df) if video else {}
-    summary["video"] = extra.get("video")
+    summary["video"] = None
     markdown = report_markdown(summary)
     with atomic_path(out_dir / "eval_report.md") as tmp:
         tmp.write_text(markdown, encoding="utf-8")
@@ -133,5 +131,4 @@ def evaluate(queries: Sequence[Mapping[str, Any]], methods: Mapping[str, Method]
             "eval_summary": write_json(out_dir / "eval_summary.json", summary),
             "eval_report": ref_for(out_dir / "eval_report.md"),
             "eval_chart": ref_for(out_dir / "eval_chart.png"),
-            "summary": summary, "markdown": markdown,
-            **{k: v for k, v in extra.items() if k != "video"}}
+            "summary": summary, "markdown": markdown}

@@ -1,10 +1,11 @@
-"""Video-level evaluation (the paper's Table 3 is video-level): render every method's
-prompt of every round with the configured text-to-video pipeline, score the videos with
-the configured reward, and report per method and round the mean score and, for checklist
-rewards, VisionReward's dimensions (alignment, stability, preservation, physics, overall).
+"""Video-level evaluation (the paper's Table 3 is video-level): every method's prompt of
+every round goes through the render and score stages' own steps (sharded, cached, placed
+on the GPU workers like theirs: flows/evaluate.py), and the report gains, per method and
+round, the mean score and, for checklist rewards, VisionReward's dimensions (alignment,
+stability, preservation, physics, overall).
 
-In ``eval_rewards`` a video's ``query_id`` is ``<method>/<query id>`` and its
-``sample_index`` the round, so the table keeps the ``rewards`` schema.
+A video's ``query_id`` is ``<method>/<query id>`` and its ``sample_index`` the round, so
+the rows keep the ``videos`` and ``rewards`` schemas.
 """
 
 from __future__ import annotations
@@ -15,28 +16,36 @@ from typing import Any
 
 import polars as pl
 
-from vpo_core.config import LLMConfig, RenderConfig, ScoreConfig
-from vpo_core.render.renderer import render_rows
+from vpo_core.evaluate.report import label_chart, report_markdown
 from vpo_core.reward.checklist import DIMENSIONS, dimension_rates
-from vpo_core.reward.scoring import score_rows
-from vpo_core.tables import DataRef, write_table
+from vpo_core.tables import atomic_path, ref_for, write_json
 
 VIDEO_COLUMNS = ("score", *DIMENSIONS, "overall")
 
 
-def video_scores(judgements: pl.DataFrame, render: RenderConfig, score: ScoreConfig,
-                 seed: int, out_dir: Path, judge: LLMConfig | None = None,
-                 api_key: str | None = None) -> dict[str, Any]:
-    """``eval_rewards`` (one row per method, round and query) and, per method and round,
-    the videos scored and the mean of each of :data:`VIDEO_COLUMNS` (None where the
-    reward has no checklist answers)."""
-    prompted = judgements.filter(pl.col("prompt").is_not_null()).sort("method", "round")
-    rows = [{"query_id": f"{r['method']}/{r['query_id']}", "query": r["query"],
+def video_rows(judgements: pl.DataFrame) -> list[dict[str, Any]]:
+    """The render stage's rows for every prompt of ``eval_judgements``: one video per
+    method, round and query."""
+    prompted = judgements.filter(pl.col("prompt").is_not_null()).sort(
+        "method", "round", "query_id")
+    return [{"query_id": f"{r['method']}/{r['query_id']}", "query": r["query"],
              "sample_index": r["round"], "prompt": r["prompt"]} for r in prompted.to_dicts()]
-    videos = render_rows(rows, render, out_dir / "videos", seed)
-    rewards = score_rows(videos, score, judge, api_key, work_dir=out_dir / "score")
-    ref: DataRef = write_table(rewards, out_dir / "eval_rewards.parquet", "rewards")
-    return {"eval_rewards": ref, "video": video_means(rewards)}
+
+
+def with_video(summary_file: Path, rewards: pl.DataFrame, out_dir: Path) -> dict[str, Any]:
+    """The evaluation's summary, report and chart again, now with the video table of
+    ``rewards`` (the score stage's rows of :func:`video_rows`' videos)."""
+    summary = json.loads(Path(summary_file).read_text(encoding="utf-8"))
+    summary["video"] = video_means(rewards)
+    markdown = report_markdown(summary)
+    with atomic_path(out_dir / "eval_report.md") as tmp:
+        tmp.write_text(markdown, encoding="utf-8")
+    with atomic_path(out_dir / "eval_chart.png") as tmp:
+        label_chart(summary["results"], tmp)
+    return {"eval_summary": write_json(out_dir / "eval_summary.json", summary),
+            "eval_report": ref_for(out_dir / "eval_report.md"),
+            "eval_chart": ref_for(out_dir / "eval_chart.png"),
+            "summary": summary, "markdown": markdown}
 
 
 def _video_row(row: dict[str, Any]) -> dict[str, Any]:
