@@ -499,9 +499,10 @@ def part_training(kind: str, sizes: Sizes, work: Path, peak: float | None) -> di
     sft = kind in ("sft", "zero3")
     batch = sizes.sft_batch if sft else sizes.dpo_batch
     cfg = (TrainSftConfig if sft else TrainDpoConfig)(
-        learning_rate=2e-6 if sft else 5e-7, per_device_batch_size=batch,
-        global_batch_size=batch, max_steps=sizes.train_steps, save_steps=10**6, bf16=True,
-        gradient_checkpointing=sizes.gradient_checkpointing, num_processes=1,
+        trl={"learning_rate": 2e-6 if sft else 5e-7, "per_device_train_batch_size": batch,
+             "max_steps": sizes.train_steps, "save_steps": 10**6,
+             "gradient_checkpointing": sizes.gradient_checkpointing},
+        global_batch_size=batch, bf16=True, num_processes=1,
         zero_stage=3 if kind == "zero3" else 0)
     out = _fresh(work / f"train-{kind}")
     data = work / ("sft_examples.parquet" if sft else "dpo_pairs.parquet")
@@ -517,7 +518,7 @@ def part_training(kind: str, sizes: Sizes, work: Path, peak: float | None) -> di
                                             flops_per_param=8)
     figures.update(precision="bf16" if _device() == "cuda" else "fp32 (bf16 on GPUs only)",
                    batch=batch, seq_len=sizes.seq_len, zero_stage=cfg.zero_stage,
-                   gradient_checkpointing=cfg.gradient_checkpointing,
+                   gradient_checkpointing=cfg.trl["gradient_checkpointing"],
                    metrics_steps=metrics.get("steps"))
     return figures
 

@@ -229,8 +229,11 @@ def run_config(name: str, kind: str, extra: dict[str, Any], data: Path, base: st
     from vpo_core.training.trainer import TrainSpec
 
     cls = TrainSftConfig if kind == "sft" else TrainDpoConfig
-    cfg = cls(global_batch_size=args.batch, per_device_batch_size=args.batch,
-              max_steps=args.steps, save_steps=10_000, **extra)
+    trl = {"per_device_train_batch_size": args.batch, "max_steps": args.steps,
+           "save_steps": 10_000}
+    cfg = cls(global_batch_size=args.batch,
+              trl=trl | {k: v for k, v in extra.items() if k not in cls.model_fields},
+              **{k: v for k, v in extra.items() if k in cls.model_fields})
     slug = name.split(" ")[0]
     out = work / slug
     shutil.rmtree(out, ignore_errors=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 import sys
 import time
@@ -19,7 +20,7 @@ import polars as pl
 import typer
 import yaml
 
-from vpo_core.config import PipelineConfig, Stage, load_config, presets
+from vpo_core.config import PipelineConfig, Stage, explain, load_config, presets
 from vpo_core.errors import ConfigError
 from vpo_core.stages import STAGES, Input, StageSpec
 from vpo_core.workdir import WorkDir, activate, prefect_env
@@ -484,14 +485,24 @@ def ui_status(work_dir: WorkOpt = None) -> None:
 
 
 @config_app.command("show")
-def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+def config_show(config: ConfigOpt = None, set_: SetOpt = None,
+                explain_: Annotated[bool, typer.Option(
+                    "--explain", help="Every setting with its description, its default and "
+                    "the value here ('*' where they differ).")] = False) -> None:
     """Print the resolved configuration as YAML."""
     try:
         cfg = load_config(config, _overrides(set_))
     except ConfigError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
-    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    if not explain_:
+        typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        return
+    for row in explain(cfg):
+        mark = "*" if row["value"] != row["default"] else " "
+        typer.echo(f"{mark} {row['field']} = {json.dumps(row['value'])}"
+                   + (f"  (default {json.dumps(row['default'])})" if mark == "*" else ""))
+        typer.echo(f"      {row['description']}")
 
 
 def main() -> None:

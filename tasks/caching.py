@@ -27,7 +27,7 @@ from prefect.tasks import exponential_backoff
 from prefect.utilities.hashing import hash_objects
 from pydantic import BaseModel
 
-from vpo_core.codeversion import code_version
+from vpo_core.codeversion import code_version, step_roots
 from vpo_core.errors import is_transient
 from vpo_core.stages import STAGES
 from vpo_core.tables import DataRef
@@ -69,15 +69,16 @@ def step_extras(module: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 @cache
-def module_code_version(module: str) -> str:
-    """The code version of the steps declared in tasks module ``module``."""
+def function_code_version(module: str, function: str) -> str:
+    """The code version of step function ``function`` of tasks module ``module``."""
     extra_modules, files = step_extras(module)
-    return code_version((module, *extra_modules), files)
+    return code_version((*step_roots(module, function), *extra_modules), files, own=module)
 
 
 def step_code_version(step: Task) -> str:
-    """A step's code version: its module's import graph (vpo_core.codeversion)."""
-    return module_code_version(step.fn.__module__)
+    """A step's code version: its module and the import graph of what the step uses
+    (vpo_core.codeversion)."""
+    return function_code_version(step.fn.__module__, step.fn.__name__)
 
 
 def step_key(step: Task, inputs: dict[str, Any]) -> str:

@@ -98,16 +98,15 @@ def test_schedulers_are_the_official_ones(tmp_path) -> None:
     from trl import DPOConfig, SFTConfig
 
     from vpo_core.config import load_config
-    from vpo_core.training.trainer import TrainSpec, _arguments
+    from vpo_core.training.arguments import arguments
 
     paper = load_config("paper")
     for kind, cfg, config_cls, scheduler in (
             ("sft", paper.train_sft, SFTConfig, "constant_with_warmup"),
             ("dpo", paper.train_dpo, DPOConfig, "linear")):
-        spec = TrainSpec(kind, "base", "data.parquet", str(tmp_path), cfg.model_dump(), 2048, 0)
-        args = _arguments(spec, cfg)
-        assert args["lr_scheduler_type"] == scheduler
-        built = config_cls(**{**args, "bf16": False, "use_cpu": True})
+        args = arguments(kind, cfg, str(tmp_path), 0, 2048, world=8, cuda=False)
+        assert args["lr_scheduler_type"] == scheduler and args["warmup_steps"] == 0.1
+        built = config_cls(**args)
         assert built.lr_scheduler_type.value == scheduler and built.save_steps == 100
     assert paper.sample.max_new_tokens == 2048 and paper.pairs.video_pair_rule == "first-valid"
     assert paper.pairs.text_pair_rule == "official"

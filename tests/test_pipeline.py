@@ -53,8 +53,8 @@ def tiny_pipeline(tmp: Path, judge: LLMConfig, name: str, placed: bool = False) 
     puts the GPU stages on the gpu pool."""
     src = tmp / "queries.json"
     src.write_text(json.dumps(bundled_queries()[:300]))
-    train = {"max_steps": 2, "global_batch_size": 2, "per_device_batch_size": 2,
-             "learning_rate": 1e-4, "warmup_ratio": 0.0}
+    train = {"global_batch_size": 2, "trl": {"max_steps": 2, "per_device_train_batch_size": 2,
+                                             "learning_rate": 1e-4, "warmup_steps": 0.0}}
     data = {"extends": "cpu-tiny", "work_dir": str(tmp / name),
             "judge": judge.model_dump(mode="json"),
             "policy": {"max_length": 384},

@@ -10,7 +10,7 @@ import yaml
 
 from flows.curate import curate_flow
 from flows.sft_data import sft_data_flow
-from tasks.caching import module_code_version
+from tasks.caching import function_code_version
 from vpo_core.codeversion import DATA, ROOT
 from vpo_core.config import LLMConfig, PipelineConfig, load_config
 from vpo_core.curate.sources import bundled_queries
@@ -70,12 +70,12 @@ def test_edited_demonstrations_recompute_sft_data_not_curate(tmp_path: Path, jud
     edited[0]["prompt"] += " The fox's tracks fill with falling snow."
     try:
         demos.write_text(json.dumps(edited, indent=2), encoding="utf-8")
-        module_code_version.cache_clear()
+        function_code_version.cache_clear()
         templates.demonstrations.cache_clear()
         _sft_data(cfg)
     finally:
         demos.write_text(original, encoding="utf-8")
-        module_code_version.cache_clear()
+        function_code_version.cache_clear()
         templates.demonstrations.cache_clear()
     assert sum(fake_llm.fake.requests.values()) > sent           # sft-data asked again
     after = _mtimes(tmp_path / "work")

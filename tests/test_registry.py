@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.step import TASK_MODULES
 from tasks.caching import STEPS
-from vpo_core.codeversion import ROOT, code_version
+from vpo_core.codeversion import ROOT, code_version, step_roots
 from vpo_core.config import PipelineConfig, PlacementConfig, SplitConfig
 from vpo_core.stage_index import MissingInput, lookup, record, stage_inputs
 from vpo_core.stages import STAGES, fingerprint, upstream
@@ -49,9 +49,18 @@ def _tree(tmp_path: Path) -> Path:
     return root
 
 
-def _versions(root: Path) -> dict[str, str]:
-    return {s.name: code_version((s.steps_module, *s.subprocess_modules), s.files, root)
-            for s in STAGES}
+def _versions(root: Path) -> dict[str, tuple[str, ...]]:
+    """Each stage's steps' code versions, computed on the tree at ``root``."""
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+    out = {}
+    for s in STAGES:
+        steps = [t for name, t in STEPS.items() if name.startswith(f"{s.name}-")]
+        out[s.name] = tuple(
+            code_version((*step_roots(t.fn.__module__, t.fn.__name__, root),
+                          *s.subprocess_modules), s.files, root, own=t.fn.__module__)
+            for t in sorted(steps, key=lambda t: t.name))
+    return out
 
 
 def test_code_version_follows_the_import_graph(tmp_path: Path) -> None:
@@ -134,3 +143,25 @@ def test_a_stage_alone_without_inputs_stops_at_once(tmp_path: Path) -> None:
     assert out.exit_code == 2
     assert "needs `critiques`" in out.output and "`vpo text-feedback`" in out.output
     assert not (tmp_path / "w" / "prefect" / "prefect.db").exists()   # no flow started
+
+
+def test_a_step_depends_on_what_it_uses_not_on_its_neighbours(tmp_path: Path) -> None:
+    """curate's recheck step imports the LLM layer and the templates; its other steps do
+    not, so editing the few-shot demonstrations leaves them cached."""
+    root = _tree(tmp_path)
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+
+    def version(step: str) -> str:
+        t = STEPS[step]
+        return code_version(step_roots(t.fn.__module__, t.fn.__name__, root), (), root,
+                            own=t.fn.__module__)
+
+    before = {s: version(s) for s in ("curate-split", "curate-recheck-safety",
+                                      "sft-data-shard")}
+    demos = root / "vpo_core" / "data" / "demonstrations.json"
+    demos.write_text(demos.read_text() + " ")
+    after = {s: version(s) for s in before}
+    assert after["curate-split"] == before["curate-split"]
+    assert after["sft-data-shard"] != before["sft-data-shard"]
+    assert after["curate-recheck-safety"] != before["curate-recheck-safety"]

@@ -64,8 +64,11 @@ def _dpo_pairs(path: Path) -> Path:
 
 
 def _spec(kind: str, base: str, data: Path, out: Path, **train: object) -> TrainSpec:
-    train = {"global_batch_size": 4, "per_device_batch_size": 4, **train}
-    cfg = (TrainSftConfig if kind == "sft" else TrainDpoConfig)(**train)
+    """A spec from project knobs and trl fields together (split by the section's fields)."""
+    train = {"global_batch_size": 4, "per_device_train_batch_size": 4, **train}
+    cls = TrainSftConfig if kind == "sft" else TrainDpoConfig
+    cfg = cls(**{k: v for k, v in train.items() if k in cls.model_fields},
+              trl={k: v for k, v in train.items() if k not in cls.model_fields})
     return TrainSpec(kind, base, str(data), str(out), cfg.model_dump(), 256, 0)
 
 
@@ -80,8 +83,8 @@ def killed_and_resumed(tmp_path_factory, base: str) -> tuple[TrainSpec, dict, li
     step 3 is logged, then run again to the end."""
     tmp = tmp_path_factory.mktemp("sft")
     spec = _spec("sft", base, _sft_examples(tmp / "sft.parquet"), tmp / "run",
-                 global_batch_size=2, per_device_batch_size=2, learning_rate=5e-5,
-                 max_steps=6, save_steps=2, warmup_ratio=0.0)
+                 global_batch_size=2, per_device_train_batch_size=2, learning_rate=5e-5,
+                 max_steps=6, save_steps=2, warmup_steps=0.0)
     Path(spec.output_dir).mkdir()
     spec.save(tmp / "spec.json")
     proc = subprocess.Popen([sys.executable, "-m", "vpo_core.training", "--spec",
@@ -150,8 +153,8 @@ def test_only_answer_tokens_carry_loss(tmp_path: Path, base: str) -> None:
 
 def test_dpo_raises_the_margin_of_its_pairs(tmp_path: Path, base: str) -> None:
     spec = _spec("dpo", base, _dpo_pairs(tmp_path / "pairs.parquet"), tmp_path / "dpo",
-                 global_batch_size=2, per_device_batch_size=2, learning_rate=2e-5,
-                 max_steps=3, save_steps=10, warmup_ratio=0.0)
+                 global_batch_size=2, per_device_train_batch_size=2, learning_rate=2e-5,
+                 max_steps=3, save_steps=10, warmup_steps=0.0)
     metrics = run_training(spec)
     margins = [h["rewards/margins"] for h in metrics["history"]]
     assert margins[0] == pytest.approx(0.0, abs=1e-3)          # policy == reference at first
@@ -179,7 +182,7 @@ def test_accelerate_config_follows_the_training_section() -> None:
 def test_two_process_zero3_trains_and_saves_a_model_that_reloads(tmp_path: Path,
                                                                  base: str) -> None:
     spec = _spec("sft", base, _sft_examples(tmp_path / "sft.parquet"), tmp_path / "z3",
-                 global_batch_size=2, per_device_batch_size=1, max_steps=2, num_processes=2,
+                 global_batch_size=2, per_device_train_batch_size=1, max_steps=2, num_processes=2,
                  zero_stage=3,
                  learning_rate=5e-5)
     seen: list[dict] = []

@@ -7,6 +7,11 @@ modules started as subprocesses, configuration templates, and the bundled data f
 (``vpo_core/data``) any module of the graph names. Comments, docstrings and formatting
 do not count: the hash is over the syntax tree. Nothing is listed by hand, so a module
 added later (``vpo_core/critique.py`` once was) is covered as soon as it is imported.
+
+In a step's own module (``tasks/<stage>.py``, which holds several steps) the graph starts
+from the imports the step's function uses, directly or through the module's other
+definitions: curate's split step does not depend on the LLM modules its recheck step
+imports, so editing the few-shot demonstrations leaves curate's cache alone.
 """
 
 from __future__ import annotations
@@ -109,6 +114,46 @@ def import_graph(modules: Iterable[str], root: Path = ROOT) -> dict[str, str]:
     return seen
 
 
+def _names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def step_roots(module: str, function: str, root: Path = ROOT) -> list[str]:
+    """The project modules that ``function`` of ``module`` uses through the module's
+    imports, following the module's own definitions it uses (helpers, constants)."""
+    path = module_file(module, root)
+    assert path is not None, module
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    defined: dict[str, ast.AST] = {}
+    imported: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined[node.name] = node
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                defined |= {n: node for n in _names(target)}
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                imported[alias.asname or alias.name.split(".")[0]] = (
+                    alias.name if alias.asname else alias.name.split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                imported[alias.asname or alias.name] = (
+                    sub if module_file(sub, root) is not None else node.module)
+    used, todo = set(), [function]
+    while todo:
+        name = todo.pop()
+        if name in used:
+            continue
+        used.add(name)
+        if name in defined:
+            todo += sorted(_names(defined[name]) - used)
+    return sorted({imported[n] for n in used if n in imported
+                   and module_file(imported[n], root) is not None})
+
+
 def data_files(strings: str, root: Path = ROOT) -> list[Path]:
     """The bundled data files whose names appear among a graph's string constants."""
     folder = root / DATA
@@ -117,10 +162,15 @@ def data_files(strings: str, root: Path = ROOT) -> list[Path]:
 
 
 def code_version(modules: Iterable[str], files: Iterable[str] = (),
-                 root: Path = ROOT) -> str:
+                 root: Path = ROOT, own: str | None = None) -> str:
     """SHA-256 over the import graph of ``modules``, the data files it names and
-    ``files`` (paths relative to ``root``: scripts, configuration templates)."""
+    ``files`` (paths relative to ``root``: scripts, configuration templates); ``own``, a
+    step's own module, counts by its source alone (its imports are in ``modules``)."""
     graph = import_graph(modules, root)
+    if own is not None:
+        source, _, strings = _module(own, root)
+        graph[own] = source
+        graph["<data>"] += "\n" + "\n".join(sorted(strings))
     digest = hashlib.sha256()
     for name in sorted(k for k in graph if k != "<data>"):
         digest.update(f"{name}\0{graph[name]}\0".encode())

@@ -9,7 +9,7 @@ hyper-parameters). A YAML file may start from a preset with ``extends: <preset>`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
@@ -220,31 +220,32 @@ class SftDataConfig(Section):
     refine: bool = Field(True, description="Refine the prompts the critique judges 'No'.")
 
 
-class TrainConfig(Section):
-    """Trainer settings shared by SFT and DPO (trl)."""
+# trl's own settings in the embedded default; a preset's `trl:` mapping is laid over these.
+TRL_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 2e-5, "num_train_epochs": 1, "lr_scheduler_type": "linear",
+    "warmup_steps": 0.0, "per_device_train_batch_size": 4, "adam_beta1": 0.9,
+    "adam_beta2": 0.999, "gradient_checkpointing": False, "max_steps": -1, "save_steps": 2,
+    "save_strategy": "steps", "save_total_limit": 2, "logging_steps": 1, "report_to": "none",
+    "disable_tqdm": True, "dataloader_num_workers": 0}
 
-    learning_rate: float = Field(2e-5, gt=0)
-    epochs: float = Field(1, gt=0)
-    lr_scheduler_type: Literal["linear", "constant_with_warmup", "cosine", "constant"] = Field(
-        "linear", description="Learning-rate schedule (official: constant_with_warmup for "
-        "SFT, linear for DPO).")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of the steps spent "
-                                "warming up (paper: 0.1); 0 for a few-step run, whose first "
-                                "step would otherwise have lr 0.")
+
+class TrainConfig(Section):
+    """Trainer settings shared by SFT and DPO: the project's own knobs here, trl's fields
+    in ``trl`` (vpo_core/training/arguments.py checks them against trl's dataclasses)."""
+
+    trl: dict[str, Any] = Field(default_factory=dict, description="Fields of trl's "
+                                "SFTConfig / DPOConfig passed through as they are (e.g. "
+                                "learning_rate, num_train_epochs, lr_scheduler_type, "
+                                "warmup_steps — below 1 a share of the steps —, save_steps, "
+                                "beta); laid over the defaults. A name trl does not know, "
+                                "or one the knobs below set, is an error naming it.")
     global_batch_size: int = Field(8, ge=1, description="Examples per optimizer step, over "
                                    "all processes (gradient accumulation makes up the rest). "
                                    "SFT: the paper says 64; the official sft.yaml trains 2 per "
                                    "device on 8 GPUs, i.e. 16.")
-    per_device_batch_size: int = Field(4, ge=1)
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
     bf16: bool = Field(False, description="bf16 on GPUs; keep False on CPU (18x slower).")
-    gradient_checkpointing: bool = False
     lora: bool = Field(False, description="Train LoRA adapters instead of all weights.")
-    lora_r: int = Field(16, ge=1)
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
-    save_steps: int = Field(2, ge=1, description="Checkpoint every this many steps; a killed "
-                            "run resumes from the last checkpoint.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank (alpha is twice the rank).")
     keep_checkpoints: bool = Field(False, description="Keep the checkpoints (weights and "
                                    "optimizer state) once the final model is saved.")
     num_processes: int = Field(1, ge=1, description="Processes (GPUs) for accelerate launch; "
@@ -253,15 +254,25 @@ class TrainConfig(Section):
     offload: Literal["none", "cpu"] = Field("none", description="ZeRO offload of optimizer "
                                             "state and parameters.")
 
+    _trl_defaults: ClassVar[dict[str, Any]] = TRL_DEFAULTS
+
+    @model_validator(mode="before")
+    @classmethod
+    def _over_defaults(cls, data: Any) -> Any:
+        """A preset's ``trl`` mapping laid over the defaults (a preset states only what
+        differs)."""
+        if isinstance(data, dict):
+            data = {**data, "trl": {**cls._trl_defaults, **(data.get("trl") or {})}}
+        return data
+
 
 class TrainSftConfig(TrainConfig):
     """SFT of the policy (paper: lr 2e-6, 5 epochs, global batch 64, bf16, ZeRO-3)."""
 
-    learning_rate: float = Field(1e-4, gt=0)
-    epochs: float = Field(4, gt=0)
-    lr_scheduler_type: Literal["linear", "constant_with_warmup", "cosine", "constant"] = Field(
-        "constant_with_warmup", description="Learning-rate schedule (official SFT: "
-        "constant_with_warmup).")
+    _trl_defaults: ClassVar[dict[str, Any]] = {
+        **TRL_DEFAULTS, "learning_rate": 1e-4, "num_train_epochs": 4,
+        "lr_scheduler_type": "constant_with_warmup"}
+
 
 
 class SampleConfig(Section):
@@ -302,18 +313,22 @@ class RenderConfig(Section):
                           "built in code) or a diffusers id such as THUDM/CogVideoX-2b.")
     num_frames: int = Field(9, ge=1, description="Paper: 49.")
     num_inference_steps: int = Field(4, ge=1, description="Paper: 50.")
-    guidance_scale: float = Field(6.0, ge=0)
+    guidance_scale: float = Field(6.0, ge=0, description="Classifier-free guidance of the "
+                                  "video pipeline (paper: 6).")
     height: int = Field(64, ge=16, description="Paper: 480.")
     width: int = Field(64, ge=16, description="Paper: 720.")
-    fps: int = Field(8, ge=1)
-    shard_size: int = Field(8, ge=1)
+    fps: int = Field(8, ge=1, description="Frames per second of the written MP4.")
+    shard_size: int = Field(8, ge=1, description="Videos per cached render task (one placed "
+                            "run on a GPU worker: size it so a model load is a small share).")
 
 
 class ScoreConfig(Section):
     """Video reward."""
 
-    backend: Literal["frame-metrics", "checklist", "vlm-checklist", "visionreward"] = \
-        "frame-metrics"
+    backend: Literal["frame-metrics", "checklist", "vlm-checklist", "visionreward"] = Field(
+        "frame-metrics", description="Reward: weight-free frame metrics (embedded), a "
+        "checklist answers file, a vision LLM answering VisionReward's checklist through "
+        "litellm, or VisionReward-Video itself in its own environment.")
     vlm_model: str | None = Field(None, description="litellm vision model for vlm-checklist "
                                   "(endpoint, key, retries from the judge section).")
     vlm_frames: int = Field(8, ge=1, description="Frames sent per video to the vision model.")
@@ -352,11 +367,12 @@ class PairsConfig(Section):
 class TrainDpoConfig(TrainConfig):
     """DPO from the SFT model (paper: beta 0.1, lr 5e-7, global batch 16, 1 epoch, ZeRO-3)."""
 
-    learning_rate: float = Field(5e-6, gt=0)
+    _trl_defaults: ClassVar[dict[str, Any]] = {
+        **TRL_DEFAULTS, "learning_rate": 5e-6, "beta": 0.1, "loss_type": ["sigmoid"],
+        "precompute_ref_log_probs": False}
+
     global_batch_size: int = Field(4, ge=1, description="Pairs per optimizer step, over all "
                                    "processes (paper: 16).")
-    beta: float = Field(0.1, gt=0)
-    precompute_ref_log_probs: bool = False
 
 
 class EvaluateConfig(Section):
@@ -538,3 +554,26 @@ def load_config(spec: str | Path | None = None,
     except ValidationError as exc:
         lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
         raise ConfigError(f"{path}: invalid configuration\n  " + "\n  ".join(lines)) from None
+
+
+def explain(cfg: PipelineConfig) -> list[dict[str, Any]]:
+    """Every setting of ``cfg`` (dotted name) with its description, the class default and
+    the value here; what ``vpo config show --explain`` prints."""
+    rows: list[dict[str, Any]] = []
+
+    def walk(model: BaseModel, default: BaseModel, prefix: str) -> None:
+        for name, field in type(model).model_fields.items():
+            value, base = getattr(model, name), getattr(default, name)
+            if isinstance(value, BaseModel):
+                walk(value, base, f"{prefix}{name}.")
+                continue
+            rows.append({"field": f"{prefix}{name}", "description": field.description or "",
+                         "default": _plain(base), "value": _plain(value)})
+
+    walk(cfg, PipelineConfig(), "")
+    return rows
+
+
+def _plain(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else (
+        str(value) if isinstance(value, Path) else value)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vpo_core.config import LLMConfig, PipelineConfig, Stage
+from vpo_core.errors import ConfigError
 from vpo_core.models.bundled import BUNDLED_MODELS, BUNDLED_NAME, BUNDLED_PREFIX, gguf_file
 from vpo_core.preflight import hub, space
 from vpo_core.preflight.findings import Finding, Reach
@@ -412,6 +413,21 @@ def cuda_devices() -> tuple[int | None, str]:
     return int(done.stdout.split()[-1]), ""
 
 
+def check_trl_fields(ctx: Context) -> list[Finding]:
+    """Every ``trl`` field of a training that runs is one trl knows and no project knob
+    sets (the same check the trainer makes, in seconds instead of after the data)."""
+    from vpo_core.training.arguments import check_fields
+
+    found = []
+    for stage, train in ctx.plan.trainings:
+        try:
+            check_fields(stage.value.removeprefix("train-"), train, stage.name)
+        except ConfigError as exc:
+            found.append(Finding("error", f"{stage.name}.trl", str(exc),
+                                 "see trl's SFTConfig / DPOConfig for the field names"))
+    return found
+
+
 def check_cuda(ctx: Context) -> list[Finding]:
     """CUDA is visible where the configuration asks for a GPU in this process: bf16
     training, vLLM sampling, a hub video pipeline run inline."""
@@ -532,7 +548,8 @@ def check_disk(ctx: Context) -> list[Finding]:
 
 CHECKS: tuple[Check, ...] = (check_work_dir, check_curate_input, check_judge,
                              check_judge_limits, check_policy, check_render, check_reward,
-                             check_packages, check_cuda, check_pools, check_disk)
+                             check_packages, check_trl_fields, check_cuda, check_pools,
+                             check_disk)
 
 
 def run_checks(cfg: PipelineConfig, stages: frozenset[Stage] = ALL_STAGES,

@@ -66,11 +66,12 @@ class Plan:
     def train_steps(self, stage: Stage, cfg: TrainConfig) -> int:
         """Optimizer steps of one training: SFT on the SFT split, DPO on at most one pair
         per DPO query."""
-        if cfg.max_steps:
-            return cfg.max_steps
+        if cfg.trl.get("max_steps", -1) > 0:
+            return cfg.trl["max_steps"]
         split = self.cfg.curate.split
         examples = split.sft if stage == Stage.train_sft else split.dpo
-        return max(1, math.ceil(math.ceil(examples / cfg.global_batch_size) * cfg.epochs))
+        return max(1, math.ceil(math.ceil(examples / cfg.global_batch_size)
+                                * cfg.trl.get("num_train_epochs", 3)))
 
     @property
     def trainings(self) -> list[tuple[Stage, TrainConfig]]:

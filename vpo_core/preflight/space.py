@@ -76,7 +76,7 @@ def model_needs(plan: Plan, params: int | None, work: Path) -> list[Need]:
         ckpt = params * (CHECKPOINT_BYTES_PER_PARAM
                          + (ZERO_MASTER_BYTES_PER_PARAM if cfg.zero_stage and cfg.bf16 else 0))
         ckpt *= LORA_CHECKPOINT_SHARE if cfg.lora else 1
-        saves = plan.train_steps(stage, cfg) // cfg.save_steps
+        saves = plan.train_steps(stage, cfg) // cfg.trl.get("save_steps", 500)
         kept += runs * params * (2 if cfg.bf16 else 4)
         kept += runs * min(saves, LIVE_CHECKPOINTS - 1) * ckpt if cfg.keep_checkpoints else 0
         peak = max(peak, min(saves, LIVE_CHECKPOINTS) * ckpt)

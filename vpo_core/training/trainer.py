@@ -25,6 +25,7 @@ import polars as pl
 from vpo_core.config import TrainDpoConfig, TrainSftConfig
 from vpo_core.prompts.templates import optimizer_messages
 from vpo_core.tables import file_sha256
+from vpo_core.training.arguments import arguments, trl_class
 from vpo_core.training.report import write_report
 
 PROGRESS = "progress.jsonl"
@@ -100,26 +101,13 @@ def _peak_memory() -> dict[str, float]:
     return peak
 
 
-def _arguments(spec: TrainSpec, cfg: TrainSftConfig | TrainDpoConfig) -> dict[str, Any]:
+def _args(spec: TrainSpec, cfg: TrainSftConfig | TrainDpoConfig) -> Any:
+    """trl's SFTConfig / DPOConfig of the run (vpo_core/training/arguments.py)."""
     import torch
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    return dict(
-        output_dir=str(Path(spec.output_dir) / "checkpoints"),
-        per_device_train_batch_size=cfg.per_device_batch_size,
-        gradient_accumulation_steps=max(1, cfg.global_batch_size
-                                        // (cfg.per_device_batch_size * world)),
-        learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        max_steps=cfg.max_steps or -1, warmup_steps=cfg.warmup_ratio,
-        adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2,
-        bf16=cfg.bf16 and cuda, use_cpu=not cuda,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps,
-        save_total_limit=2, report_to="none", disable_tqdm=True,
-        seed=spec.seed, data_seed=spec.seed, max_length=spec.max_length,
-        dataloader_num_workers=0)
+    return trl_class(spec.kind)(**arguments(
+        spec.kind, cfg, str(Path(spec.output_dir) / "checkpoints"), spec.seed,
+        spec.max_length, int(os.environ.get("WORLD_SIZE", "1")), torch.cuda.is_available()))
 
 
 def build_trainer(spec: TrainSpec) -> Any:
@@ -128,7 +116,7 @@ def build_trainer(spec: TrainSpec) -> Any:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoTokenizer
-    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+    from trl import DPOTrainer, SFTTrainer
 
     cfg = spec.config()
     output = Path(spec.output_dir)
@@ -142,10 +130,8 @@ def build_trainer(spec: TrainSpec) -> Any:
     common = dict(model=spec.base_model, train_dataset=Dataset.from_list(rows),
                   processing_class=tokenizer, peft_config=peft, callbacks=[_callback(output)])
     if spec.kind == "sft":
-        return SFTTrainer(args=SFTConfig(**_arguments(spec, cfg)), **common)
-    args = DPOConfig(**_arguments(spec, cfg), beta=cfg.beta, loss_type=["sigmoid"],
-                     precompute_ref_log_probs=cfg.precompute_ref_log_probs)
-    return DPOTrainer(ref_model=None, args=args, **common)
+        return SFTTrainer(args=_args(spec, cfg), **common)
+    return DPOTrainer(ref_model=None, args=_args(spec, cfg), **common)
 
 
 def train(spec: TrainSpec) -> dict[str, Any]:
