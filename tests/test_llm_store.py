@@ -210,3 +210,169 @@ def test_identical_requests_in_flight_are_sent_once() -> None:
     assert _sent(fake) == 5 and all(r.ok for r in results)
     assert sum(r.cached for r in results) == 5
     assert [r.text for r in results[:5]] == [r.text for r in results[5:]]
+
+
+# ------------------------------------------------------------------ what the key holds
+class _Recording(FakeOpenAI):
+    """The fake server, keeping each request's body (the parameters that reached it)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.bodies: list[dict] = []
+
+    def _completion(self, body: dict) -> dict:
+        self.bodies.append(body)
+        return super()._completion(body)
+
+
+def test_two_endpoints_serving_one_model_name_never_share_answers(tmp_path: Path) -> None:
+    first, second = FakeOpenAI(), FakeOpenAI()
+    with ServerThread(first) as a, ServerThread(second) as b:
+        LLMClient(_cfg(a), work_root=tmp_path).run(_requests(3))
+        on_b = LLMClient(_cfg(b), work_root=tmp_path).run(_requests(3))
+        assert _sent(first) == 3 and _sent(second) == 3      # b's model was asked too
+        assert not any(r.cached for r in on_b)
+        # another spelling of a's address is a's endpoint: answered from the store
+        spelled = f"HTTP://127.0.0.1:{a.port}/v1/"
+        again = LLMClient(_cfg(a, api_base=spelled), work_root=tmp_path).run(_requests(3))
+    assert all(r.cached for r in again) and _sent(first) == 3
+
+
+def test_per_sample_seeds_are_separate_calls_and_reach_the_server(tmp_path: Path) -> None:
+    fake = _Recording(latency=0.2)                   # the K samples are in flight together
+    messages = [{"role": "user", "content": "a cat playing piano"}]
+    samples = [LLMRequest(f"s{k}", messages, temperature=0.9, top_p=0.9, seed=100 + k,
+                          max_tokens=50) for k in range(4)]
+    with ServerThread(fake) as srv:
+        results = LLMClient(_cfg(srv), work_root=tmp_path).run(samples)
+        assert _sent(fake) == 4 and not any(r.cached for r in results)
+        assert sorted(b["seed"] for b in fake.bodies) == [100, 101, 102, 103]
+        assert {(b["top_p"], b["temperature"], b["max_tokens"]) for b in fake.bodies} == \
+            {(0.9, 0.9, 50)}
+        again = LLMClient(_cfg(srv), work_root=tmp_path).run(samples + samples)
+        assert _sent(fake) == 4 and all(r.cached for r in again)   # each seed's own answer
+        same = [LLMRequest(f"t{k}", messages, temperature=0.9, top_p=0.9, seed=7)
+                for k in range(3)]                   # same everything: one request
+        LLMClient(_cfg(srv, call_store="off")).run(same)
+    assert _sent(fake) == 5
+
+
+def test_the_model_identity_is_in_the_key(tmp_path: Path) -> None:
+    fake = FakeOpenAI()
+    with ServerThread(fake) as srv:
+        for identity in ("sha256:aaa", "sha256:bbb", "sha256:aaa"):   # retrained, then back
+            LLMClient(_cfg(srv), work_root=tmp_path, identity=identity).run(_requests(2))
+    assert _sent(fake) == 4
+
+
+# ------------------------------------------------------------------ a store that fails
+def test_an_answer_sqlite_cannot_store_is_kept_and_logged(tmp_path: Path, caplog) -> None:
+    fake = FakeOpenAI()
+    with ServerThread(fake) as srv:
+        LLMClient(_cfg(srv), work_root=tmp_path).run(_requests(1))     # makes the file
+        with sqlite3.connect(tmp_path / SQLITE_FILE) as db:            # every write fails
+            db.execute("CREATE TRIGGER full BEFORE INSERT ON calls "
+                       "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+        with caplog.at_level("WARNING", logger="vpo_core.llm"):
+            results = LLMClient(_cfg(srv), work_root=tmp_path).run(_requests(5))
+    assert all(r.ok and r.text for r in results) and _sent(fake) == 5
+    assert [r.cached for r in results] == [True, False, False, False, False]
+    assert _stored(tmp_path) == 1
+    assert "could not be stored" in caplog.text and "disk is full" in caplog.text
+
+
+def test_an_answer_redis_cannot_store_is_kept(tmp_path: Path, redis_url: str, caplog) -> None:
+    import redis
+
+    redis.Redis.from_url(redis_url).config_set("maxmemory", 1)   # noeviction: SET refused
+    fake = FakeOpenAI()
+    with ServerThread(fake) as srv, caplog.at_level("WARNING", logger="vpo_core.llm"):
+        results = LLMClient(_cfg(srv, call_store=redis_url)).run(_requests(4))
+    assert all(r.ok and r.text for r in results) and _sent(fake) == 4
+    assert "could not be stored" in caplog.text and "maxmemory" in caplog.text
+
+
+# ------------------------------------------------------------------ Redis shared by processes
+@pytest.fixture
+def black_hole():
+    """A listening socket that never accepts: its backlog full, a connect hangs."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(0)
+        port = sock.getsockname()[1]
+        fillers = []
+        for _ in range(4):          # fill the accept queue: later SYNs go unanswered
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        yield f"redis://127.0.0.1:{port}/0"
+        for filler in fillers:
+            filler.close()
+
+
+def test_a_black_holed_redis_fails_within_its_timeout(black_hole: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vpo_core.errors import TransientError, is_transient
+
+    cfg = LLMConfig(model=MODEL, api_base="http://127.0.0.1:9/v1", call_store=black_hole,
+                    call_store_connect_timeout_s=0.3, call_store_timeout_s=0.3,
+                    call_store_retries=1)
+    with ThreadPoolExecutor(1) as pool:   # a hang fails the test instead of blocking it
+        outcome = pool.submit(LLMClient(cfg).run, _requests(1)).exception(timeout=60)
+    assert isinstance(outcome, TransientError) and is_transient(outcome)
+    message = str(outcome)
+    assert black_hole in message and "2 attempt(s)" in message
+    assert "judge.call_store_connect_timeout_s=0.3" in message
+    assert "judge.call_store_timeout_s=0.3" in message
+
+
+_SHARER = """
+import sys, orjson
+from vpo_core.config import LLMConfig
+from vpo_core.llm.client import LLMClient, LLMRequest
+api_base, url, n, claim = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+cfg = LLMConfig(model="openai/gpt-4o-mini", api_base=api_base, call_store=url,
+                concurrency=8, timeout_s=30, call_store_claim_s=claim)
+results = LLMClient(cfg).run(
+    [LLMRequest(str(i), [{"role": "user", "content": f"question {i}"}]) for i in range(n)])
+print(orjson.dumps([[r.ok, r.cached] for r in results]).decode())
+"""
+
+
+def _sharer(srv: ServerThread, redis_url: str, n: int, claim_s: float = 30.0
+            ) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _SHARER, srv.api_base, redis_url, str(n),
+                             str(claim_s)], stdout=subprocess.PIPE, text=True)
+
+
+def test_two_processes_sharing_redis_never_make_a_call_twice(redis_url: str) -> None:
+    import orjson
+
+    fake = FakeOpenAI(latency=0.1, latency_sigma=0.8)
+    with ServerThread(fake) as srv:
+        children = [_sharer(srv, redis_url, 40) for _ in range(2)]
+        outputs = [orjson.loads(c.communicate(timeout=120)[0]) for c in children]
+    assert [c.returncode for c in children] == [0, 0]
+    assert all(ok for out in outputs for ok, _ in out)
+    assert _sent(fake) == 40 and max(fake.requests.values()) == 1   # each call made once
+    # each question answered by a request of one process, from the store in the other
+    assert sum(cached for out in outputs for _, cached in out) == 40
+
+
+def test_a_dead_claimants_claim_expires_and_the_waiter_calls(redis_url: str) -> None:
+    fake = FakeOpenAI(slow={"question 0": 60.0})
+    with ServerThread(fake) as srv:
+        first = _sharer(srv, redis_url, 1, claim_s=1.0)
+        deadline = time.time() + 60
+        while _sent(fake) < 1:                    # its call is at the server: claimed
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.02)
+        first.kill()
+        first.wait()
+        fake.slow.clear()
+        [result] = LLMClient(_cfg(srv, call_store=redis_url, call_store_claim_s=1.0)).run(
+            _requests(1))
+    assert result.ok and not result.cached
+    assert fake.requests["question 0"] == 2       # the dead one's, then the waiter's
