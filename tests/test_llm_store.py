@@ -376,3 +376,58 @@ def test_a_dead_claimants_claim_expires_and_the_waiter_calls(redis_url: str) -> 
             _requests(1))
     assert result.ok and not result.cached
     assert fake.requests["question 0"] == 2       # the dead one's, then the waiter's
+
+
+# ------------------------------------------------------------------ preflight of the store
+_MOUNTINFO = """\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+40 27 0:45 / /shared rw,relatime - nfs4 filer:/export/vpo rw,vers=4.2
+41 40 0:46 / /shared/local\\040disk rw,relatime - ext4 /dev/vdb rw
+42 27 0:47 / /scratch rw,relatime - lustre 10.0.0.1@tcp:/fs rw
+"""
+
+
+def _plan(tmp_path: Path, work: Path, **sets: object):
+    from vpo_core.config import load_config
+    from vpo_core.preflight import Plan
+
+    return Plan(load_config("cpu-tiny", {"work_dir": str(work), **sets}))
+
+
+@pytest.mark.parametrize(("work", "level", "fstype"), [
+    ("/shared/runs/a", "error", "nfs4"),              # not made yet: its nearest folder's
+    ("/scratch/vpo", "error", "lustre"),
+    ("/shared/local disk/vpo", "ok", "ext4"),         # a local disk mounted under the share
+    ("/home/me/vpo", "ok", "ext4"),
+])
+def test_preflight_refuses_sqlite_on_a_network_file_system(tmp_path: Path, work: str,
+                                                           level: str, fstype: str) -> None:
+    from vpo_core.preflight.store import check_store
+
+    table = tmp_path / "mountinfo"
+    table.write_text(_MOUNTINFO)
+    [finding] = check_store(_plan(tmp_path, Path(work)), Path(work), mountinfo=table)
+    assert (finding.level, finding.field) == (level, "judge.call_store")
+    assert fstype in finding.found
+    if level == "error":
+        assert "redis://" in finding.fix and "network file system" in finding.found
+
+
+def test_preflight_pings_the_redis_store(tmp_path: Path, redis_url: str,
+                                         black_hole: str) -> None:
+    from vpo_core.config import Stage
+    from vpo_core.preflight import Plan
+    from vpo_core.preflight.store import check_store
+
+    [up] = check_store(_plan(tmp_path, tmp_path, **{"judge.call_store": redis_url}),
+                       tmp_path)
+    assert up.level == "ok" and "PING" in up.found
+    fast = {"judge.call_store": black_hole, "judge.call_store_connect_timeout_s": 0.2,
+            "judge.call_store_timeout_s": 0.2, "judge.call_store_retries": 0}
+    [down] = check_store(_plan(tmp_path, tmp_path, **fast), tmp_path)
+    assert down.level == "error" and black_hole in down.found
+    assert "judge.call_store_timeout_s=0.2" in down.found
+    # no stage that calls the judge: nothing to check
+    assert check_store(Plan(_plan(tmp_path, tmp_path, **fast).cfg, frozenset({Stage.render})),
+                       tmp_path) == []

@@ -17,7 +17,6 @@ from pathlib import Path
 from vpo_core.errors import VPOError
 from vpo_core.preflight.findings import Finding
 from vpo_core.preflight.plan import Plan
-from vpo_core.preflight.space import existing
 
 MOUNTINFO = Path("/proc/self/mountinfo")
 FIELD = "judge.call_store"
@@ -40,9 +39,10 @@ def _unescape(field: str) -> str:
 
 
 def filesystem(path: Path, mountinfo: Path = MOUNTINFO) -> tuple[str, str] | None:
-    """(file system type, mount point) of the mount that holds ``path`` (or, for a path
-    not made yet, its nearest existing folder); None when the table cannot be read."""
-    target = str(existing(path).resolve())
+    """(file system type, mount point) of the mount that holds ``path`` (made yet or
+    not; symbolic links of its existing part followed); None when the table cannot be
+    read."""
+    target = str(path.expanduser().resolve())
     try:
         lines = mountinfo.read_text().splitlines()
     except OSError:
