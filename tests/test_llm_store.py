@@ -431,3 +431,17 @@ def test_preflight_pings_the_redis_store(tmp_path: Path, redis_url: str,
     # no stage that calls the judge: nothing to check
     assert check_store(Plan(_plan(tmp_path, tmp_path, **fast).cfg, frozenset({Stage.render})),
                        tmp_path) == []
+
+
+def test_the_cluster_preset_shares_a_redis_store() -> None:
+    from vpo_core.config import load_config
+
+    assert load_config("cluster").judge.call_store.startswith("redis://")
+
+
+def test_many_rows_at_once_queue_for_redis_connections(redis_url: str) -> None:
+    fake = FakeOpenAI()
+    with ServerThread(fake) as srv:      # 300 lookups at once, more than the pool holds
+        results = LLMClient(_cfg(srv, call_store=redis_url, concurrency=16)).run(
+            _requests(300))
+    assert all(r.ok for r in results) and _sent(fake) == 300

@@ -51,8 +51,9 @@ from vpo_core.errors import ConfigError, TransientError
 SQLITE_FILE = Path("llm") / "calls.sqlite"
 REDIS_PREFIX = "vpo:llm:call:"
 CLAIM_PREFIX = "vpo:llm:claim:"
-POLL_FIRST_S, POLL_MAX_S = 0.02, 0.25   # a waiter's polls for the claimant's answer
+POLL_FIRST_S, POLL_MAX_S = 0.02, 0.1    # a waiter's polls for the claimant's answer
 LOGGED_PUT_FAILURES = 3
+REDIS_CONNECTIONS = 32  # per process; commands take well under a millisecond
 log = logging.getLogger("vpo_core.llm")
 
 # Compare-and-renew / compare-and-delete: a claim is only ever touched by its holder.
@@ -203,12 +204,17 @@ class RedisStore:
         self.url, self.cfg, self.failed_puts = url, cfg, 0
         self.claim_ms = int(cfg.call_store_claim_s * 1000)
         self._refused = False  # the server refused a claim (logged once)
-        self.client = aioredis.from_url(
-            url, password=password, socket_connect_timeout=cfg.call_store_connect_timeout_s,
+        # a blocking pool: thousands of rows asking at once queue for a connection (the
+        # plain pool raises "Too many connections" past its size)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, password=password, max_connections=REDIS_CONNECTIONS,
+            timeout=cfg.call_store_timeout_s,
+            socket_connect_timeout=cfg.call_store_connect_timeout_s,
             socket_timeout=cfg.call_store_timeout_s,
             retry=Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.1),
                         cfg.call_store_retries, (ConnectionError, TimeoutError)),
             retry_on_error=[ConnectionError, TimeoutError])
+        self.client = aioredis.Redis(connection_pool=pool)
         self._renew = self.client.register_script(_RENEW)
         self._release = self.client.register_script(_RELEASE)
 
@@ -294,6 +300,7 @@ class RedisStore:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+        await self.client.connection_pool.disconnect()
 
 
 def store_location(cfg: LLMConfig, work_root: str | Path | None) -> str | None:
