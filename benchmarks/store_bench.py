@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,31 +29,6 @@ from typing import Any
 import orjson
 
 CHILD = "benchmarks.store_bench"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _redis(folder: Path) -> tuple[subprocess.Popen, str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (apt-get install -y redis-server)")
-    port = _free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(folder)],
-                            stdout=subprocess.DEVNULL)
-    deadline = time.time() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.05)
 
 
 def child(api_base: str, url: str, queries: int, concurrency: int, claims: bool,
@@ -121,13 +94,13 @@ def main() -> None:
         return
 
     from vpo_core.testing.openai_server import FakeOpenAI, ServerThread
+    from vpo_core.testing.redis_server import RedisServer
 
     fake = FakeOpenAI(latency=args.median, latency_sigma=args.sigma, seed=1)
     with tempfile.TemporaryDirectory(prefix="vpo-store-bench-") as tmp, \
             ServerThread(fake) as srv:
         folder = Path(tmp)
-        server, url = _redis(folder)
-        try:
+        with RedisServer(folder) as url:
             print(f"== sft-data chains on {args.queries:,} queries per process, concurrency "
                   f"{args.concurrency} per process, lognormal latency (median {args.median}"
                   f" s, sigma {args.sigma}), one redis-server", flush=True)
@@ -135,9 +108,6 @@ def main() -> None:
                     measure("two processes", 2, True, args, fake, srv.api_base, url, folder),
                     measure("two processes, no claims", 2, False, args, fake, srv.api_base,
                             url, folder)]
-        finally:
-            server.terminate()
-            server.wait()
     head = ["run", "wall s", "requests", "distinct calls", "made twice",
             "from store (per process)", "process s"]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]

@@ -160,3 +160,21 @@ def test_text_feedback_rerun_with_new_shards_asks_nothing(tmp_path: Path, judge:
     assert (again["cached_calls"] == again["calls"]).all() and first["calls"].sum() > 12
     assert again.drop("cached_calls", "cost", "cost_saved").equals(
         first.drop("cached_calls", "cost", "cost_saved"))
+
+
+def test_answers_the_store_cannot_take_stay_in_the_stage_output(
+        tmp_path: Path, judge: LLMConfig, fake_llm, caplog) -> None:
+    from vpo_core.llm.store import SQLiteStore
+
+    cfg = _config(tmp_path, judge, _queries(tmp_path, 0, 200), sft=8)
+    store_file = Path(cfg.work_dir) / SQLITE_FILE
+    SQLiteStore(store_file).db.close()                  # the file and table a run makes
+    with sqlite3.connect(store_file) as db:             # then every write fails
+        db.execute("CREATE TRIGGER full BEFORE INSERT ON calls "
+                   "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+    with caplog.at_level("WARNING", logger="vpo_core.llm"):
+        examples = read_table(sft_data_flow(cfg)["sft_examples"])
+    assert examples.height == 8 and not examples["status"].str.contains("error").any()
+    assert examples["final_prompt"].is_not_null().sum() > 0   # the answers are in the output
+    assert _sent(fake_llm.fake) == examples["calls"].sum() and _stored(cfg) == 0
+    assert "could not be stored" in caplog.text and "disk is full" in caplog.text

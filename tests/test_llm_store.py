@@ -3,7 +3,6 @@ never replayed, keys that follow the request's content, a SIGKILLed run resumed 
 only the missing calls, several processes on one SQLite file, and a real Redis."""
 
 import os
-import shutil
 import signal
 import socket
 import sqlite3
@@ -18,6 +17,7 @@ from vpo_core.config import LLMConfig
 from vpo_core.llm.client import LLMClient, LLMRequest
 from vpo_core.llm.store import SQLITE_FILE
 from vpo_core.testing.openai_server import FakeOpenAI, ServerThread
+from vpo_core.testing.redis_server import RedisServer
 
 MODEL = "openai/gpt-4o-mini"  # in litellm's price map: answers have a cost
 
@@ -149,24 +149,10 @@ def _free_port() -> int:
 @pytest.fixture
 def redis_url(tmp_path: Path):
     """A real Redis server (Debian's redis-server) on a free port."""
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if not RedisServer.installed():
         pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
-    port = _free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL)
-    deadline = time.time() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert time.time() < deadline and proc.poll() is None, "redis did not start"
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait()
+    with RedisServer(tmp_path) as url:
+        yield url
 
 
 def test_redis_store_is_shared_by_work_directories(tmp_path: Path, redis_url: str) -> None:

@@ -37,7 +37,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -204,11 +204,13 @@ class RedisStore:
         self.url, self.cfg, self.failed_puts = url, cfg, 0
         self.claim_ms = int(cfg.call_store_claim_s * 1000)
         self._refused = False  # the server refused a claim (logged once)
-        # a blocking pool: thousands of rows asking at once queue for a connection (the
-        # plain pool raises "Too many connections" past its size)
-        pool = aioredis.BlockingConnectionPool.from_url(
+        # thousands of rows asking at once queue on a semaphore for one of the pool's
+        # connections (past its size the pool raises "Too many connections"; redis-py's
+        # BlockingConnectionPool left commands waiting here after their connections came
+        # back, until "No connection available")
+        self._slots = asyncio.Semaphore(REDIS_CONNECTIONS)
+        pool = aioredis.ConnectionPool.from_url(
             url, password=password, max_connections=REDIS_CONNECTIONS,
-            timeout=cfg.call_store_timeout_s,
             socket_connect_timeout=cfg.call_store_connect_timeout_s,
             socket_timeout=cfg.call_store_timeout_s,
             retry=Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.1),
@@ -218,13 +220,14 @@ class RedisStore:
         self._renew = self.client.register_script(_RENEW)
         self._release = self.client.register_script(_RELEASE)
 
-    async def _do(self, what: str, command: Any) -> Any:
-        """Run one command; an unreachable server becomes :class:`StoreUnavailable`
-        naming the settings that bound the wait."""
+    async def _do(self, what: str, command: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one command (on a free connection); an unreachable server becomes
+        :class:`StoreUnavailable` naming the settings that bound the wait."""
         from redis.exceptions import ConnectionError, TimeoutError
 
         try:
-            return await command
+            async with self._slots:
+                return await command()
         except (ConnectionError, TimeoutError) as exc:
             cfg = self.cfg
             raise StoreUnavailable(
@@ -236,11 +239,11 @@ class RedisStore:
                 "server up and reachable from this machine?") from exc
 
     async def get(self, key: str) -> Stored | None:
-        blob = await self._do("GET", self.client.get(REDIS_PREFIX + key))
+        blob = await self._do("GET", lambda: self.client.get(REDIS_PREFIX + key))
         return Stored.from_json(blob) if blob is not None else None
 
     async def put(self, key: str, value: Stored) -> None:
-        await self._do("SET", self.client.set(REDIS_PREFIX + key, value.to_json()))
+        await self._do("SET", lambda: self.client.set(REDIS_PREFIX + key, value.to_json()))
 
     @contextlib.asynccontextmanager
     async def claim(self, key: str) -> AsyncIterator[bool]:
@@ -248,8 +251,8 @@ class RedisStore:
 
         name, token = CLAIM_PREFIX + key, uuid.uuid4().hex
         try:
-            won = await self._do("SET NX", self.client.set(name, token, nx=True,
-                                                            px=self.claim_ms))
+            won = await self._do("SET NX", lambda: self.client.set(
+                name, token, nx=True, px=self.claim_ms))
         except ResponseError as exc:  # the server refuses writes (maxmemory, a replica)
             if not self._refused:
                 log.warning("call store: calls cannot be claimed (%s); they are made "
@@ -268,7 +271,7 @@ class RedisStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
             try:
-                await self._release(keys=[name], args=[token])
+                await self._do("release", lambda: self._release(keys=[name], args=[token]))
             except Exception as exc:  # it expires by itself
                 log.warning("call store: a claim could not be released (%s); it expires "
                             "in %.0f s", exc, self.cfg.call_store_claim_s)
@@ -278,16 +281,15 @@ class RedisStore:
         while True:
             await asyncio.sleep(self.claim_ms / 3000)
             try:
-                await self._renew(keys=[name], args=[token, self.claim_ms])
+                await self._do("renew", lambda: self._renew(keys=[name],
+                                                            args=[token, self.claim_ms]))
             except Exception as exc:
                 log.warning("call store: a claim could not be renewed: %s", exc)
 
     async def wait(self, key: str, deadline: float) -> Stored | None:
         pause = POLL_FIRST_S
         while True:
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.get(REDIS_PREFIX + key).exists(CLAIM_PREFIX + key)
-                blob, claimed = await self._do("GET", pipe.execute())
+            blob, claimed = await self._do("GET", lambda: self._answer_or_claim(key))
             if blob is not None:
                 return Stored.from_json(blob)
             if not claimed or time.monotonic() >= deadline:
@@ -295,8 +297,12 @@ class RedisStore:
             await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0)))
             pause = min(pause * 2, POLL_MAX_S)
 
+    async def _answer_or_claim(self, key: str) -> list[Any]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            return await pipe.get(REDIS_PREFIX + key).exists(CLAIM_PREFIX + key).execute()
+
     async def ping(self) -> None:
-        await self._do("PING", self.client.ping())
+        await self._do("PING", self.client.ping)
 
     async def aclose(self) -> None:
         await self.client.aclose()
