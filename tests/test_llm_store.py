@@ -431,3 +431,17 @@ def test_many_rows_at_once_queue_for_redis_connections(redis_url: str) -> None:
         results = LLMClient(_cfg(srv, call_store=redis_url, concurrency=16)).run(
             _requests(300))
     assert all(r.ok for r in results) and _sent(fake) == 300
+
+
+def test_claims_renewed_during_long_calls_end_with_them(redis_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import redis
+
+    fake = FakeOpenAI(latency=0.6, latency_sigma=0.5)   # each call outlives several renewals
+    with ServerThread(fake) as srv, ThreadPoolExecutor(1) as pool:
+        client = LLMClient(_cfg(srv, call_store=redis_url, call_store_claim_s=0.15,
+                                concurrency=16))
+        results = pool.submit(client.run, _requests(48)).result(timeout=120)
+    assert all(r.ok for r in results) and _sent(fake) == 48
+    assert redis.Redis.from_url(redis_url).keys("vpo:llm:claim:*") == []   # all released

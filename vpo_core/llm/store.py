@@ -263,23 +263,25 @@ class RedisStore:
         if not won:
             yield False
             return
-        renewer = asyncio.get_running_loop().create_task(self._keep_claim(name, token))
+        done = asyncio.Event()
+        renewer = asyncio.get_running_loop().create_task(self._keep_claim(name, token, done))
         try:
             yield True
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            done.set()  # not cancel(): redis-py may turn a cancellation into a timeout
+            await renewer
             try:
                 await self._do("release", lambda: self._release(keys=[name], args=[token]))
             except Exception as exc:  # it expires by itself
                 log.warning("call store: a claim could not be released (%s); it expires "
                             "in %.0f s", exc, self.cfg.call_store_claim_s)
 
-    async def _keep_claim(self, name: str, token: str) -> None:
-        """Renew the claim while its call runs (a dead process stops renewing)."""
+    async def _keep_claim(self, name: str, token: str, done: asyncio.Event) -> None:
+        """Renew the claim until ``done`` (a dead process stops renewing)."""
         while True:
-            await asyncio.sleep(self.claim_ms / 3000)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), self.claim_ms / 3000)
+                return
             try:
                 await self._do("renew", lambda: self._renew(keys=[name],
                                                             args=[token, self.claim_ms]))
