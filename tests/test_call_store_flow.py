@@ -166,7 +166,8 @@ def test_answers_the_store_cannot_take_stay_in_the_stage_output(
         tmp_path: Path, judge: LLMConfig, fake_llm, caplog) -> None:
     from vpo_core.llm.store import SQLiteStore
 
-    cfg = _config(tmp_path, judge, _queries(tmp_path, 0, 200), sft=8)
+    patient = judge.model_copy(update={"timeout_s": 60.0})   # no retry on a busy machine
+    cfg = _config(tmp_path, patient, _queries(tmp_path, 0, 200), sft=8)
     store_file = Path(cfg.work_dir) / SQLITE_FILE
     SQLiteStore(store_file).db.close()                  # the file and table a run makes
     with sqlite3.connect(store_file) as db:             # then every write fails

@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -297,16 +298,31 @@ def black_hole():
             filler.close()
 
 
-def test_a_black_holed_redis_fails_within_its_timeout(black_hole: str) -> None:
-    from concurrent.futures import ThreadPoolExecutor
+def _within(seconds: float, fn, *args):
+    """``fn(*args)`` in a daemon thread: its result or exception, or a failed test if it
+    has not ended after ``seconds`` (a hang fails the test instead of blocking the suite)."""
+    box: dict = {}
 
+    def run() -> None:
+        try:
+            box["result"] = fn(*args)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{fn} did not end within {seconds} s"
+    return box.get("result", box.get("error"))
+
+
+def test_a_black_holed_redis_fails_within_its_timeout(black_hole: str) -> None:
     from vpo_core.errors import TransientError, is_transient
 
     cfg = LLMConfig(model=MODEL, api_base="http://127.0.0.1:9/v1", call_store=black_hole,
                     call_store_connect_timeout_s=0.3, call_store_timeout_s=0.3,
                     call_store_retries=1)
-    with ThreadPoolExecutor(1) as pool:   # a hang fails the test instead of blocking it
-        outcome = pool.submit(LLMClient(cfg).run, _requests(1)).exception(timeout=60)
+    outcome = _within(60, LLMClient(cfg).run, _requests(1))
     assert isinstance(outcome, TransientError) and is_transient(outcome)
     message = str(outcome)
     assert black_hole in message and "2 attempt(s)" in message
@@ -434,14 +450,12 @@ def test_many_rows_at_once_queue_for_redis_connections(redis_url: str) -> None:
 
 
 def test_claims_renewed_during_long_calls_end_with_them(redis_url: str) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     import redis
 
     fake = FakeOpenAI(latency=0.6, latency_sigma=0.5)   # each call outlives several renewals
-    with ServerThread(fake) as srv, ThreadPoolExecutor(1) as pool:
+    with ServerThread(fake) as srv:
         client = LLMClient(_cfg(srv, call_store=redis_url, call_store_claim_s=0.15,
                                 concurrency=16))
-        results = pool.submit(client.run, _requests(48)).result(timeout=120)
+        results = _within(120, client.run, _requests(48))
     assert all(r.ok for r in results) and _sent(fake) == 48
     assert redis.Redis.from_url(redis_url).keys("vpo:llm:claim:*") == []   # all released
