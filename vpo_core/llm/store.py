@@ -205,9 +205,9 @@ class RedisStore:
         self.claim_ms = int(cfg.call_store_claim_s * 1000)
         self._refused = False  # the server refused a claim (logged once)
         # thousands of rows asking at once queue on a semaphore for one of the pool's
-        # connections (past its size the pool raises "Too many connections"; redis-py's
-        # BlockingConnectionPool left commands waiting here after their connections came
-        # back, until "No connection available")
+        # connections (past its size the pool raises "Too many connections"; with
+        # redis-py's BlockingConnectionPool, 400 rows at once timed out waiting for one:
+        # "No connection available")
         self._slots = asyncio.Semaphore(REDIS_CONNECTIONS)
         pool = aioredis.ConnectionPool.from_url(
             url, password=password, max_connections=REDIS_CONNECTIONS,
