@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 import yaml
 
+from flows.curate import curate_flow
 from flows.sft_data import sft_data_flow
 from flows.text_feedback import text_feedback_flow
 from vpo_core.config import LLMConfig, PipelineConfig, load_config
@@ -25,6 +26,11 @@ from vpo_core.tables import read_table
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
+
+
+def _sft_data(cfg, **kwargs):
+    """sft-data on the queries curate makes (curate is cached after the first call)."""
+    return sft_data_flow(cfg, queries=curate_flow(cfg)["queries"], **kwargs)
 
 def _config(tmp_path: Path, judge: LLMConfig, source: Path, sft: int = 16, shard: int = 4,
             recheck: bool = False) -> PipelineConfig:
@@ -62,7 +68,7 @@ def test_a_killed_stage_rerun_makes_only_the_missing_calls(tmp_path: Path, judge
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     proc = subprocess.Popen(
         [sys.executable, "-c", "from flows.cli import main; main()", "sft-data",
-         "--config", str(tmp_path / "config.yaml")],
+         "--with-upstream", "--config", str(tmp_path / "config.yaml")],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     generations = 0
@@ -76,7 +82,7 @@ def test_a_killed_stage_rerun_makes_only_the_missing_calls(tmp_path: Path, judge
     stored, sent = _stored(cfg), _sent(fake_llm.fake)
     assert stored > 10
     fake_llm.fake.latency = 0.0
-    examples = read_table(sft_data_flow(cfg)["sft_examples"])
+    examples = read_table(_sft_data(cfg)["sft_examples"])
     assert examples.height == 24 and (examples["status"] != "error:server").all()
     made = _sent(fake_llm.fake) - sent
     assert made == _stored(cfg) - stored                   # each request a new answer
@@ -88,9 +94,9 @@ def test_a_killed_stage_rerun_makes_only_the_missing_calls(tmp_path: Path, judge
 def test_growing_the_split_makes_only_the_new_queries_calls(tmp_path: Path, judge: LLMConfig,
                                                             fake_llm) -> None:
     source = _queries(tmp_path, 0, 200)
-    first = read_table(sft_data_flow(_config(tmp_path, judge, source, sft=16))["sft_examples"])
+    first = read_table(_sft_data(_config(tmp_path, judge, source, sft=16))["sft_examples"])
     sent = _sent(fake_llm.fake)
-    grown = read_table(sft_data_flow(_config(tmp_path, judge, source, sft=20))["sft_examples"])
+    grown = read_table(_sft_data(_config(tmp_path, judge, source, sft=20))["sft_examples"])
     new = grown.filter(~pl.col("query_id").is_in(first["query_id"].implode()))
     assert grown.height == 20 and new.height == 4
     assert _sent(fake_llm.fake) - sent == new["calls"].sum()     # 25% more: their calls only
@@ -103,11 +109,11 @@ def test_a_new_file_in_the_input_folder_costs_only_its_new_queries(
         tmp_path: Path, judge: LLMConfig, fake_llm) -> None:
     folder = _queries(tmp_path, 0, 150, "2026-01-01.json").parent
     cfg = _config(tmp_path, judge, folder, sft=16, recheck=True)
-    first = read_table(sft_data_flow(cfg)["sft_examples"])
+    first = read_table(_sft_data(cfg)["sft_examples"])
     sent = _sent(fake_llm.fake)
     assert sent > 0
     _queries(tmp_path, 100, 300, "2026-01-02.json")       # the nightly dump: 100 new queries
-    second = read_table(sft_data_flow(cfg)["sft_examples"])
+    second = read_table(_sft_data(cfg)["sft_examples"])
     assert _sent(fake_llm.fake) > sent                    # the new queries were asked about
     assert max(fake_llm.fake.conversations.values()) == 1  # and nothing twice
     kept = second.filter(pl.col("query_id").is_in(first["query_id"].implode()))
@@ -121,19 +127,19 @@ def test_a_changed_template_or_judge_model_recomputes(tmp_path: Path, judge: LLM
     from vpo_core.prompts import templates
 
     cfg = _config(tmp_path, judge, _queries(tmp_path, 0, 200), sft=8)
-    first = read_table(sft_data_flow(cfg)["sft_examples"])
+    first = read_table(_sft_data(cfg)["sft_examples"])
     sent = _sent(fake_llm.fake)
     monkeypatch.setattr(templates, "CRITIQUE_TEMPLATE",
                         templates.CRITIQUE_TEMPLATE.replace("Final Judgement",
                                                             "Overall, Final Judgement"))
-    again = read_table(sft_data_flow(cfg, force=True)["sft_examples"])
+    again = read_table(_sft_data(cfg, force=True)["sft_examples"])
     made = _sent(fake_llm.fake) - sent
     assert made == again["calls"].sum() - first.height    # generations from the store
     assert (again["cached_calls"] == 1).all()
     sent = _sent(fake_llm.fake)
     other = cfg.model_copy(update={"judge": judge.model_copy(update={"model":
                                                                      "openai/fake-judge-2"})})
-    third = read_table(sft_data_flow(other)["sft_examples"])
+    third = read_table(_sft_data(other)["sft_examples"])
     assert _sent(fake_llm.fake) - sent == third["calls"].sum()   # another judge: all again
     assert (third["cached_calls"] == 0).all()
 
@@ -160,3 +166,22 @@ def test_text_feedback_rerun_with_new_shards_asks_nothing(tmp_path: Path, judge:
     assert (again["cached_calls"] == again["calls"]).all() and first["calls"].sum() > 12
     assert again.drop("cached_calls", "cost", "cost_saved").equals(
         first.drop("cached_calls", "cost", "cost_saved"))
+
+
+def test_answers_the_store_cannot_take_stay_in_the_stage_output(
+        tmp_path: Path, judge: LLMConfig, fake_llm, caplog) -> None:
+    from vpo_core.llm.store import SQLiteStore
+
+    patient = judge.model_copy(update={"timeout_s": 60.0})   # no retry on a busy machine
+    cfg = _config(tmp_path, patient, _queries(tmp_path, 0, 200), sft=8)
+    store_file = Path(cfg.work_dir) / SQLITE_FILE
+    SQLiteStore(store_file).db.close()                  # the file and table a run makes
+    with sqlite3.connect(store_file) as db:             # then every write fails
+        db.execute("CREATE TRIGGER full BEFORE INSERT ON calls "
+                   "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+    with caplog.at_level("WARNING", logger="vpo_core.llm"):
+        examples = read_table(_sft_data(cfg)["sft_examples"])
+    assert examples.height == 8 and not examples["status"].str.contains("error").any()
+    assert examples["final_prompt"].is_not_null().sum() > 0   # the answers are in the output
+    assert _sent(fake_llm.fake) == examples["calls"].sum() and _stored(cfg) == 0
+    assert "could not be stored" in caplog.text and "disk is full" in caplog.text

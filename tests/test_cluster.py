@@ -98,7 +98,8 @@ def test_vllm_judge_variant_needs_no_key() -> None:
     assert judge.api_key_env is None and judge.api_key_secret is None
     assert judge_api_key(judge) is None
     with ServerThread(FakeOpenAI()) as srv:
-        [answer] = LLMClient(judge.model_copy(update={"api_base": srv.api_base})).run(
+        [answer] = LLMClient(judge.model_copy(update={"api_base": srv.api_base,
+                                                      "call_store": "off"})).run(  # no Redis
             [LLMRequest("q", [{"role": "user", "content": "a cat"}])])
     assert answer.status == "ok"
 

@@ -54,7 +54,7 @@ def test_embedded_default_passes_every_check(tmp_path: Path) -> None:
     findings = run_preflight(cfg)
     assert errors(findings) == [] and [f for f in findings if f.level == "warning"] == []
     assert sorted(f.field for f in findings) == sorted([
-        "work_dir", "work_dir", "curate.input", "judge.model", "policy.model",
+        "work_dir", "work_dir", "curate.input", "judge.model", "judge.call_store", "policy.model",
         "render.pipeline", "score.backend", "placement"])
     space = next(f.found for f in findings if f.found.startswith("needs"))
     assert "32 videos x 9 frames x 64x64" in space and "2 trained models of 135M" in space
@@ -326,7 +326,7 @@ def test_vpo_check_exit_codes(tmp_path: Path) -> None:
     work = ["--work-dir", str(tmp_path / "work")]
     done = CliRunner().invoke(app, ["check", *work])
     assert done.exit_code == 0, done.output
-    assert "preflight (cpu-tiny): 0 errors, 0 warnings, 8 ok" in done.output
+    assert "preflight (cpu-tiny): 0 errors, 0 warnings, 9 ok" in done.output
     failed = CliRunner().invoke(app, ["check", *work, "--set", "render.height=100000",
                                       "--set", "render.width=100000"])
     assert failed.exit_code == 1 and "error    work_dir" in failed.output

@@ -172,6 +172,20 @@ class LLMConfig(Section):
         "the URL, see call_store_password_env) or 'off'.")
     call_store_password_env: str | None = Field(None, description="Environment variable "
                                                 "with the Redis password, if it needs one.")
+    call_store_connect_timeout_s: float = Field(5.0, gt=0, description="Redis store: "
+                                                "longest wait for a connection.")
+    call_store_timeout_s: float = Field(10.0, gt=0, description="Redis store: longest wait "
+                                        "for one command's answer (a server that stops "
+                                        "answering fails within it, not never).")
+    call_store_retries: int = Field(3, ge=0, description="Redis store: retries of a command "
+                                    "after a connection error or timeout, with exponential "
+                                    "backoff and jitter; then the step fails as transient "
+                                    "(Prefect retries it).")
+    call_store_claim_s: float = Field(30.0, gt=0, description="Redis store: life of a "
+                                      "claim on a call, renewed while the call runs. A "
+                                      "process asking what another is asking waits for "
+                                      "that answer; if the claimant dies, its claim expires "
+                                      "after this long and the waiter makes the call.")
     batch: bool = Field(False, description="Send the calls through the provider's Batch "
                         "API (OpenAI and compatible servers; OpenAI charges half price, "
                         "answers within the completion window). A run killed while a batch "

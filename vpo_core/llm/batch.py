@@ -34,7 +34,7 @@ import orjson
 
 from vpo_core.config import LLMConfig
 from vpo_core.errors import ConfigError
-from vpo_core.llm.store import CallStore, Stored
+from vpo_core.llm.store import CallStore, Stored, keep
 from vpo_core.llm.transports import CallError, Completion, completion_from, kind_of_status
 
 log = logging.getLogger("vpo_core.llm.batch")
@@ -246,8 +246,8 @@ class BatchQueue:
                         batch_id, type(err).__name__, err)
         if self.store is not None:
             for key, done in answers.items():
-                await self.store.put(key, Stored(done.text, done.prompt_tokens,
-                                                 done.completion_tokens, done.cost))
+                await keep(self.store, key, Stored(done.text, done.prompt_tokens,
+                                                   done.completion_tokens, done.cost))
         if record.get("path"):
             Path(record["path"]).unlink(missing_ok=True)
         records = self._load_records()

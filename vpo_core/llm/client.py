@@ -39,7 +39,15 @@ from vpo_core.config import LLMConfig
 from vpo_core.errors import StageFailed, TransientError
 from vpo_core.llm.batch import BatchAPI, BatchQueue, batch_target
 from vpo_core.llm.engine import Engine, Limits, Priority, engine
-from vpo_core.llm.store import CallStore, Stored, open_store, request_key, store_location
+from vpo_core.llm.store import (
+    CallStore,
+    Stored,
+    endpoint_id,
+    keep,
+    open_store,
+    request_key,
+    store_location,
+)
 from vpo_core.llm.tokens import estimate_tokens
 from vpo_core.llm.transports import TRANSIENT_KINDS, CallError, Completion, make_transport
 from vpo_core.progress import Progress
@@ -53,12 +61,18 @@ LOGGED_FAILURES = 3
 @dataclass(frozen=True)
 class LLMRequest:
     """One chat completion to make; ``id`` ties the answer back to its row. A message's
-    ``content`` is text, or a list of OpenAI content parts (text and image_url)."""
+    ``content`` is text, or a list of OpenAI content parts (text and image_url).
+    Sampling fields left None take the configuration's value (or are not sent); each one
+    set is sent and enters the call store's key, so K samples of one query with their
+    own ``seed`` are K calls, never one."""
 
     id: str
     messages: list[dict[str, Any]]
     max_tokens: int | None = None
     temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -124,13 +138,30 @@ def raise_if_outage(results: Sequence[LLMResult], what: str) -> None:
 
 
 def request_params(cfg: LLMConfig, request: LLMRequest) -> dict[str, Any]:
-    """The sampling parameters sent with a request (and keyed in the call store)."""
+    """The sampling parameters sent with a request: exactly these reach the transport and
+    the call store's key."""
     params: dict[str, Any] = {
         "temperature": cfg.temperature if request.temperature is None else request.temperature,
         "max_tokens": request.max_tokens or cfg.max_tokens}
-    if cfg.seed is not None:
-        params["seed"] = cfg.seed
+    seed = cfg.seed if request.seed is None else request.seed
+    if seed is not None:
+        params["seed"] = seed
+    if request.top_p is not None:
+        params["top_p"] = request.top_p
+    if request.stop:
+        params["stop"] = list(request.stop)
     return params
+
+
+def model_identity(cfg: LLMConfig, identity: str | None) -> str | None:
+    """What tells two models of one name apart in the call store's key: the caller's
+    identity of a served model (its weights' hash), and for the embedded model the
+    decoding settings its provider applies (they shape the answer but are not sent)."""
+    if cfg.model.startswith("local/"):
+        local = f"repetition_penalty={cfg.repetition_penalty},no_repeat_ngram_size=" \
+                f"{cfg.no_repeat_ngram_size}"
+        return f"{identity};{local}" if identity else local
+    return identity
 
 
 class LLMClient:
@@ -138,13 +169,17 @@ class LLMClient:
 
     ``work_root`` is the pipeline's work directory: it holds the default call store
     (``llm/calls.sqlite``) and the records of pending batches (``llm/batches/``). Without
-    it there is no store, unless ``cfg.call_store`` names a shared one.
+    it there is no store, unless ``cfg.call_store`` names a shared one. ``identity`` names
+    the model's weights when its name does not (a served policy that each training
+    replaces under one name: pass its hash), so a new model never gets an older one's
+    answers from the store.
     """
 
     def __init__(self, cfg: LLMConfig, api_key: str | None = None,
-                 model_cache: str | None = None, work_root: str | Path | None = None
-                 ) -> None:
+                 model_cache: str | None = None, work_root: str | Path | None = None,
+                 identity: str | None = None) -> None:
         self.cfg = cfg
+        self.identity = model_identity(cfg, identity)
         self.api_key = api_key
         self.model_cache = model_cache
         self.scrub = Scrubber([api_key] if api_key else [])
@@ -230,7 +265,7 @@ class LLMClient:
                                                          self.batch_folder, store)
             transport = make_transport(cfg, self.api_key, self.model_cache, eng.session())
             self._lane = _Lane(cfg, transport, eng.limits_for(cfg), store, batch, self.scrub,
-                               eng.inflight)
+                               eng.inflight, endpoint_id(cfg.api_base), self.identity)
             self._lane_engine = eng
         else:
             self._lane.limits.configure(self.cfg)
@@ -248,22 +283,23 @@ class _Lane:
     batch: BatchQueue | None
     scrub: Scrubber
     inflight: dict[str, asyncio.Future]
+    endpoint: str | None = None
+    identity: str | None = None
 
     async def ask(self, request: LLMRequest, priority: Priority) -> LLMResult:
         """The store's answer; else the answer of the same request already in flight in
-        this process (asked once, answered to all); else a call of its own."""
+        this process (asked once, answered to all); else a call of its own, claimed in
+        the store so no other process makes it at the same time."""
         cfg, start = self.cfg, time.perf_counter()
         if cfg.system_prompt and request.messages[0].get("role") != "system":
             request = replace(request, messages=[
                 {"role": "system", "content": cfg.system_prompt}, *request.messages])
         params = request_params(cfg, request)
-        key = request_key(cfg.model, request.messages, params)
+        key = request_key(cfg.model, request.messages, params, self.endpoint, self.identity)
         if self.store is not None:
             hit = await self.store.get(key)
             if hit is not None:
-                return LLMResult(request.id, "ok", hit.text, cfg.model, hit.prompt_tokens,
-                                 hit.completion_tokens, hit.cost, 0,
-                                 time.perf_counter() - start, cached=True)
+                return self._stored(request, hit, start)
         leader = self.inflight.get(key)
         if leader is not None:
             first = await asyncio.shield(leader)
@@ -273,12 +309,43 @@ class _Lane:
         future = self.inflight.setdefault(key, asyncio.get_running_loop().create_future())
         result = None
         try:
-            result = await self._call(request, params, priority, key, start)
+            result = await self._claimed(request, params, priority, key, start)
             return result
         finally:
             if self.inflight.get(key) is future:
                 del self.inflight[key]
                 future.set_result(result)
+
+    async def _claimed(self, request: LLMRequest, params: dict[str, Any],
+                       priority: Priority, key: str, start: float) -> LLMResult:
+        """The call, made by whichever process claims it first; the others wait for its
+        answer in the store (a batch call is collected by its own records instead). A
+        waiter whose claimant fails or dies claims the call itself; one that has waited
+        as long as the call itself may take makes it regardless."""
+        store = self.store
+        if store is None or self.batch is not None:
+            return await self._call(request, params, priority, key, start)
+        deadline = time.monotonic() + self._longest_call_s()
+        while True:
+            async with store.claim(key) as mine:
+                if mine:
+                    hit = await store.get(key)  # answered between our look and our claim
+                    if hit is not None:
+                        return self._stored(request, hit, start)
+                    return await self._call(request, params, priority, key, start)
+            hit = await store.wait(key, deadline)
+            if hit is not None:
+                return self._stored(request, hit, start)
+            if time.monotonic() >= deadline:
+                log.warning("%s: call %s: another process held its claim for %.0f s without"
+                            " an answer; making the call", self.cfg.model, request.id,
+                            self._longest_call_s())
+                return await self._call(request, params, priority, key, start)
+
+    def _longest_call_s(self) -> float:
+        """How long one call may take with all its attempts and backoffs."""
+        cfg = self.cfg
+        return cfg.timeout_s * (cfg.max_retries + 1) + cfg.max_backoff_s * cfg.max_retries
 
     async def _call(self, request: LLMRequest, params: dict[str, Any], priority: Priority,
                     key: str, start: float) -> LLMResult:
@@ -288,9 +355,14 @@ class _Lane:
                 return self._ok(request, done, 1, start)
         result = await self._attempts(request, params, priority, start)
         if result.ok and self.store is not None:
-            await self.store.put(key, Stored(result.text, result.prompt_tokens,
-                                             result.completion_tokens, result.cost))
+            await keep(self.store, key, Stored(result.text, result.prompt_tokens,
+                                               result.completion_tokens, result.cost))
         return result
+
+    def _stored(self, request: LLMRequest, hit: Stored, start: float) -> LLMResult:
+        return LLMResult(request.id, "ok", hit.text, self.cfg.model, hit.prompt_tokens,
+                         hit.completion_tokens, hit.cost, 0, time.perf_counter() - start,
+                         cached=True)
 
     def _ok(self, request: LLMRequest, done: Completion, attempts: int, start: float
             ) -> LLMResult:

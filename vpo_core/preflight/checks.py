@@ -24,7 +24,7 @@ from pathlib import Path
 from vpo_core.config import LLMConfig, PipelineConfig, Stage
 from vpo_core.errors import ConfigError
 from vpo_core.models.bundled import BUNDLED_MODELS, BUNDLED_NAME, BUNDLED_PREFIX, gguf_file
-from vpo_core.preflight import hub, space
+from vpo_core.preflight import hub, space, store
 from vpo_core.preflight.findings import Finding, Reach
 from vpo_core.preflight.plan import ALL_STAGES, Plan
 from vpo_core.workdir import WorkDir
@@ -219,6 +219,11 @@ def check_judge_limits(ctx: Context) -> list[Finding]:
                     f"~{plan.judge_calls:,} judge calls at concurrency {judge.concurrency}",
                     "set judge.requests_per_minute / tokens_per_minute to your provider "
                     "tier's limits: 429s are retried, but every retry waits")]
+
+
+def check_call_store(ctx: Context) -> list[Finding]:
+    """The call store answers (Redis) or is not on a network file system (SQLite)."""
+    return store.check_store(ctx.plan, ctx.work)
 
 
 # --------------------------------------------------------------------------- models
@@ -547,9 +552,9 @@ def check_disk(ctx: Context) -> list[Finding]:
 
 
 CHECKS: tuple[Check, ...] = (check_work_dir, check_curate_input, check_judge,
-                             check_judge_limits, check_policy, check_render, check_reward,
-                             check_packages, check_trl_fields, check_cuda, check_pools,
-                             check_disk)
+                             check_judge_limits, check_call_store, check_policy,
+                             check_render, check_reward, check_packages, check_trl_fields,
+                             check_cuda, check_pools, check_disk)
 
 
 def run_checks(cfg: PipelineConfig, stages: frozenset[Stage] = ALL_STAGES,
