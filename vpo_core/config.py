@@ -140,7 +140,8 @@ class LLMConfig(Section):
         "auto", description="'litellm' for any provider; 'http' posts straight to an OpenAI-"
         "compatible api_base (less CPU per call); 'auto' picks http for openai/<name> with an "
         "api_base, else litellm.")
-    temperature: float = Field(0.0, ge=0, le=2)
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of the "
+                               "judge's and teacher's answers (official: 0.7).")
     max_tokens: int = Field(64, ge=1, description="Longest answer in tokens (paper: 1024).")
     prompt_max_tokens: int | None = Field(192, ge=1, description="Longest answer that is a "
                                           "video prompt (generation, refinement): it needs "
@@ -156,8 +157,11 @@ class LLMConfig(Section):
     seed: int | None = Field(0, description="Sampling seed sent with each request.")
     concurrency: int = Field(16, ge=1, description="Requests in flight at once (the local "
                              "model batches this many).")
-    requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1)
+    requests_per_minute: int | None = Field(None, ge=1, description="The provider's request "
+                                            "rate limit, shared by every row of a stage "
+                                            "(None: none).")
+    tokens_per_minute: int | None = Field(None, ge=1, description="The provider's token rate "
+                                          "limit (prompt + answer tokens; None: none).")
     timeout_s: float = Field(120.0, gt=0, description="Timeout of one attempt.")
     max_retries: int = Field(5, ge=0, description="Retries of transient errors per call.")
     retry_base_s: float = Field(1.0, gt=0, description="First backoff delay; doubles per "
