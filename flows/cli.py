@@ -455,16 +455,19 @@ app.add_typer(ui_app, name="ui")
 
 @ui_app.command("up")
 def ui_up(work_dir: WorkOpt = None, port: int = 4200,
-          workers: Annotated[bool, typer.Option(help="Start a worker per pool.")] = True
-          ) -> None:
+          workers: Annotated[bool, typer.Option(help="Start a worker per pool.")] = True,
+          database: Annotated[str | None, typer.Option(
+              "--database", help="The server's database: postgresql+asyncpg://USER@HOST:PORT/"
+              "DB (password from PGPASSWORD), instead of SQLite in the work directory.")]
+          = None) -> None:
     """Start a Prefect server on 127.0.0.1, create the cpu and gpu pools, deploy every flow
     of prefect.yaml and start the workers; print the UI address."""
     from flows.ui import up
 
     work = WorkDir.at(work_dir or "vpo-work")
     try:
-        state = up(work, port, workers)
-    except RuntimeError as exc:
+        state = up(work, port, workers, database=database)
+    except (RuntimeError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"Prefect UI: {state['url']}   (API {state['api']})")
