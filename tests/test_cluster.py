@@ -2,11 +2,13 @@
 the stages; Prefect's own models read both deployment files, whose entrypoints are flows;
 every pool a preset places work on has its `vpo-step/<pool>` deployment; the job variables
 fit the Kubernetes job template (Prefect's validator and templating, the process worker's
-configuration class, and prefect-kubernetes' where it is installed); the Dockerfile
-installs from the project's pins; on a real server (`vpo ui up`, no worker) a resumed
-parent re-attaches to its step run, a failed one is run again, and cancelling the parent
-cancels its step runs. `tests/test_pipeline.py` runs these deployments through real
-process workers, job variables included."""
+configuration class, and prefect-kubernetes' own: non-root pods, GPU tolerations only on
+GPU runs, each step's Secrets and GPUs); a Kubernetes pool without a limit or with a short
+pod-watch timeout fails `vpo check`; the Dockerfile installs from the project's pins, runs
+as its user on a CUDA runtime base and passes hadolint; on a real server (`vpo ui up`, no
+worker) a resumed parent re-attaches to its step run, a failed one is run again, and
+cancelling the parent cancels its step runs. `tests/test_pipeline.py` runs these
+deployments through real process workers, job variables included."""
 
 from __future__ import annotations
 

@@ -2,7 +2,11 @@
 the Hub's card classes parse (licence, attribution, configurations, row counts, source
 configuration, version); model folders that `AutoModelForCausalLM` loads, with a model card
 (licence, base model, the exact instruction, usage, training, the evaluation table and its
-model-index). Pushing needs the network: offline it fails clearly and keeps the folder."""
+model-index). Safe by default: a push is private unless asked and lists only the files the
+export wrote; no exported file (card, vpo_config.json, Parquet, model JSON) names an
+endpoint, host or local path; model cards carry `datasets:` and the base model's licence
+beside the data's (a Llama base makes it `other`, naming both). Pushing needs the network:
+offline it fails clearly and keeps the folder."""
 
 from __future__ import annotations
 
