@@ -410,6 +410,22 @@ def test_a_kubernetes_pool_needs_a_limit_and_a_pod_watch_timeout_beyond_the_wait
     assert [lv for lv, _ in unset] == ["error", "error"] and "unset" in unset[1][1]
 
 
+def test_vpo_checks_placed_kubernetes_pools(tmp_path: Path) -> None:
+    """`run_checks` (what `vpo check` and a run's preflight call) with a pool as the server
+    describes it: the Kubernetes finding lands on the placement field."""
+    from vpo_core.config import Stage
+    from vpo_core.preflight import PoolStatus, Reach, run_checks
+    from vpo_core.preflight.kubernetes import KubernetesPool
+
+    cfg = load_config("cpu-tiny", {"work_dir": str(tmp_path), "placement.render": "gpu"})
+    reach = Reach(offline=True, inspect_pool=lambda pool: PoolStatus(
+        True, 1, 1, True, kubernetes=KubernetesPool(pool, None, 900)))
+    found = [f for f in run_checks(cfg, frozenset({Stage.render}), reach)
+             if "Kubernetes" in f.found]
+    assert [(f.level, f.field) for f in found] == [("error", "placement.render")]
+    assert "set-concurrency-limit gpu" in found[0].fix
+
+
 @pytest.mark.slow
 def test_vpo_check_reads_a_kubernetes_pools_settings_from_the_server(server) -> None:
     """The pool's limit and template as the server holds them, through `inspect_pool`
