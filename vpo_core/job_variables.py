@@ -42,6 +42,7 @@ def step_job_variables(stage: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     over all of them); a shard keeps its deployment's ``gpus`` (1 on ``vpo-step/gpu``)."""
     variables: dict[str, Any] = {
         "env_from": [{"secretRef": {"name": name}} for name in step_secrets(stage, kwargs)]}
-    if stage in _TRAINING:
-        variables["gpus"] = _field(kwargs["train"], "num_processes")
+    gpus = _field(kwargs.get("train"), "num_processes") if stage in _TRAINING else None
+    if gpus:
+        variables["gpus"] = gpus
     return variables
