@@ -1,10 +1,10 @@
 """docs/cluster.md's server recipe, run: `vpo ui up --database postgresql+asyncpg://...`
 starts a real Prefect server on a real PostgreSQL (a throwaway cluster made with Debian's
 initdb / pg_ctl, password authentication, the password only in PGPASSWORD), with its pools,
-deployments and workers. A stage placed on a pool (sft-data on `cpu`, each shard a
-`vpo-step/cpu` run on the worker) is started from the command line, its parent process
-group is killed (SIGKILL) after the first shard has finished, and the same command run
-again re-attaches to the step runs already made: one step run per shard, no LLM request
+deployments and workers. After `vpo curate`, a stage placed on a pool (sft-data on `cpu`,
+each shard a `vpo-step/cpu` run on the worker) is started from the command line, its parent
+process group is killed (SIGKILL) after the first shard has finished, and the same command
+run again re-attaches to the step runs already made: one step run per shard, no LLM request
 made twice, the runs recorded in PostgreSQL.
 
 Without PostgreSQL's server binaries the module is skipped; `make system-deps` (apt-get,
@@ -168,7 +168,11 @@ def test_a_placed_stage_killed_and_resumed_on_a_postgres_backed_server(
     config = _config(tmp_path, judge)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PREFECT_API_URL"] = state["api"]
-    command = [sys.executable, "-m", "flows.cli", "sft-data", "--config", str(config)]
+    vpo = [sys.executable, "-m", "flows.cli"]
+    curated = subprocess.run([*vpo, "curate", "--config", str(config)], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert curated.returncode == 0, curated.stdout[-3000:] + curated.stderr[-3000:]
+    command = [*vpo, "sft-data", "--config", str(config)]
     proc = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shards = tmp_path / "work" / "data" / "sft-data"
