@@ -10,7 +10,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup run test lint bench ui ui-down
+.PHONY: setup run test lint bench ui ui-down system-deps
 
 setup: $(STAMP)
 
@@ -43,3 +43,15 @@ ui: $(STAMP)
 
 ui-down: $(STAMP)
 	$(BIN)/vpo ui down
+
+# The system packages some tests run for real (Debian/Ubuntu apt-get; root, or sudo):
+# redis-server (the shared call store) and postgresql (the Prefect server on PostgreSQL).
+# Without them those tests are skipped, naming this target.
+SYSTEM_DEPS := redis-server postgresql
+system-deps:
+	@missing=$$(for p in $(SYSTEM_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then echo "system packages present: $(SYSTEM_DEPS)"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
+	else echo "error: installing $$missing needs root or sudo" >&2; exit 1; fi; \
+	$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends $$missing

@@ -399,44 +399,51 @@ def export(source: Annotated[Path, typer.Argument(
         "file, a stage's output folder, or a work directory (its newest tables).")],
         to: Annotated[Path, typer.Option("--to", help="Folder to write.")],
         push: Annotated[str | None, typer.Option(
-            "--push", help="Also upload it to the Hugging Face Hub as ORG/NAME.")] = None,
+            "--push", help="Also upload what the export wrote (only that) to the Hugging "
+            "Face Hub as ORG/NAME, a private repository unless --public.")] = None,
+        public: Annotated[bool, typer.Option(
+            "--public", help="With --push: a public repository.")] = False,
         eval_dir: Annotated[Path | None, typer.Option(
             "--eval", help="Models: an evaluate run's folder whose tables go in the card.")]
         = None,
         method: Annotated[str | None, typer.Option(
             help="Models: this model's method name in that evaluation (default: sft or dpo, "
             "from its card).")] = None,
+        dataset: Annotated[list[str] | None, typer.Option(
+            "--dataset", help="Models: Hub id of the data it was trained on (an exported "
+            "dataset), for the card's `datasets:` (VidProM is always there); repeatable.")]
+        = None,
         config: Annotated[str | None, typer.Option(
-            "--config", "-c", help="Data: the preset or YAML that produced it, recorded in "
-            "the card.")] = None,
+            "--config", "-c", help="Data: the preset or YAML that produced it; the settings "
+            "that decide the data are recorded (no endpoints, keys or paths).")] = None,
         set_: SetOpt = None) -> None:
     """Export data as a Hugging Face dataset folder or a trained model as a model folder,
-    each with its card (licence, attribution, usage); --push uploads it."""
+    each with its card (licence, attribution, usage); --push uploads it, privately."""
     from vpo_core import export as hub
     from vpo_core.errors import InputError
 
     try:
         if (source / "config.json").is_file():
-            hub.export_model(source, to, eval_dir, method)
+            done = hub.export_model(source, to, eval_dir, method, dataset)
             typer.echo(f"model -> {to}")
-            repo_type = "model"
         else:
             cfg = load_config(config, _overrides(set_)).model_dump(mode="json") \
                 if config or set_ else None
-            rows = hub.export_dataset(source, to, cfg)
+            done = hub.export_dataset(source, to, cfg)
             typer.echo(f"dataset -> {to}: " + ", ".join(f"{t} {n:,} rows"
-                                                       for t, n in rows.items()))
-            repo_type = "dataset"
+                                                       for t, n in done.rows.items()))
     except (InputError, ConfigError) as exc:
         raise _fail(str(exc)) from None
     if push:
         from huggingface_hub import constants
 
+        plan = hub.upload_plan(done, push, public)
         if constants.HF_HUB_OFFLINE:
             raise _fail(f"--push {push}: HF_HUB_OFFLINE is set; unset it (and log in with "
                         "`huggingface-cli login`) to upload; the folder is written", 1)
         try:
-            typer.echo(f"pushed: {hub.push(to, push, repo_type)}")
+            typer.echo(f"pushed ({'public' if public else 'private'}, {len(plan.files)} "
+                       f"files): {hub.push(done, plan)}")
         except Exception as exc:  # network, auth, permissions: say it, keep the folder
             raise _fail(f"--push {push} failed ({type(exc).__name__}: {exc}); the folder "
                         f"{to} is written", 1) from None
@@ -449,16 +456,19 @@ app.add_typer(ui_app, name="ui")
 
 @ui_app.command("up")
 def ui_up(work_dir: WorkOpt = None, port: int = 4200,
-          workers: Annotated[bool, typer.Option(help="Start a worker per pool.")] = True
-          ) -> None:
+          workers: Annotated[bool, typer.Option(help="Start a worker per pool.")] = True,
+          database: Annotated[str | None, typer.Option(
+              "--database", help="The server's database: postgresql+asyncpg://USER@HOST:PORT/"
+              "DB (password from PGPASSWORD), instead of SQLite in the work directory.")]
+          = None) -> None:
     """Start a Prefect server on 127.0.0.1, create the cpu and gpu pools, deploy every flow
     of prefect.yaml and start the workers; print the UI address."""
     from flows.ui import up
 
     work = WorkDir.at(work_dir or "vpo-work")
     try:
-        state = up(work, port, workers)
-    except RuntimeError as exc:
+        state = up(work, port, workers, database=database)
+    except (RuntimeError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"Prefect UI: {state['url']}   (API {state['api']})")

@@ -2,9 +2,9 @@
 and ``gpu`` process work pools, every deployment of ``prefect.yaml``, and one worker per
 pool, all started in the background; ``down`` stops exactly what ``up`` started.
 
-State (pids, address, log files) is kept in ``<work_dir>/ui/state.json``. The server's
-database lives in the work directory's PREFECT_HOME, so flow runs, artifacts and logs
-survive a restart.
+State (pids, address, database, log files) is kept in ``<work_dir>/ui/state.json``. The
+server's database lives in the work directory's PREFECT_HOME (SQLite), or in PostgreSQL
+with ``--database``, so flow runs, artifacts and logs survive a restart.
 """
 
 from __future__ import annotations
@@ -36,13 +36,38 @@ def _prefect() -> list[str]:
     return [sys.executable, "-m", "prefect"]
 
 
-def ui_env(work: WorkDir, port: int) -> dict[str, str]:
-    """Environment of the server, the CLI calls and the workers."""
+def ui_env(work: WorkDir, port: int, database: str | None = None) -> dict[str, str]:
+    """Environment of the server, the CLI calls and the workers; ``database`` is the
+    server's (see :func:`database_url`), else SQLite in the work directory's PREFECT_HOME."""
     base = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    db = {"PREFECT_API_DATABASE_CONNECTION_URL": database_url(database)} if database else {}
     return {**base, **prefect_env(work, base), "PREFECT_SERVER_API_HOST": "127.0.0.1",
             "PREFECT_SERVER_API_PORT": str(port),
             "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-            "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
+            "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api", **db}
+
+
+def database_url(url: str) -> str:
+    """A PostgreSQL URL for Prefect's server (``postgresql+asyncpg://user@host:port/db``).
+    A password in it would show in the process list and the shell's history: asyncpg
+    reads it from ``PGPASSWORD`` (or ``~/.pgpass``) instead."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(f"--database {url!r}: expected postgresql+asyncpg://USER@HOST:PORT/"
+                         "DB") from None
+    if parsed.password is not None:
+        raise ValueError("--database: leave the password out of the URL and export "
+                         "PGPASSWORD (or use ~/.pgpass); the server reads it from there")
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    if parsed.drivername != "postgresql+asyncpg":
+        raise ValueError(f"--database: driver {parsed.drivername!r}; Prefect's server "
+                         "needs postgresql+asyncpg://")
+    return parsed.render_as_string(hide_password=False)
 
 
 def _healthy(url: str) -> bool:
@@ -74,18 +99,21 @@ def _run(args: list[str], env: dict[str, str], log: Path) -> None:
 
 
 def up(work: WorkDir, port: int = 4200, workers: bool = True,
-       timeout_s: float = 120.0) -> dict[str, Any]:
+       timeout_s: float = 120.0, database: str | None = None) -> dict[str, Any]:
     """Start server, pools, deployments and workers; return the state written, once every
-    pool has an online worker (a placed run started earlier fails preflight)."""
+    pool has an online worker (a placed run started earlier fails preflight). The server
+    keeps its runs in ``database`` (PostgreSQL) when given."""
     state_file = _state_file(work)
     if state_file.exists() and status(work)["server"]:
         return json.loads(state_file.read_text())
     logs = state_file.parent
     logs.mkdir(parents=True, exist_ok=True)
     work.create()
-    env = ui_env(work, port)
+    env = ui_env(work, port, database)
     api = env["PREFECT_API_URL"]
-    state: dict[str, Any] = {"url": f"http://127.0.0.1:{port}", "api": api, "pids": {}}
+    state: dict[str, Any] = {"url": f"http://127.0.0.1:{port}", "api": api, "pids": {},
+                             "database": env.get("PREFECT_API_DATABASE_CONNECTION_URL",
+                                                 "sqlite")}
     state["pids"]["server"] = _spawn([*_prefect(), "server", "start"], env,
                                      logs / "server.log")
     state_file.write_text(json.dumps(state, indent=2))

@@ -13,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.caching import stage_task
+from tasks.pools import kubernetes_pool
 from tasks.runner import STEP_DEPLOYMENT
 from vpo_core.config import PipelineConfig
 from vpo_core.preflight import (
@@ -52,7 +53,7 @@ def inspect_pool(pool: str) -> PoolStatus:
     try:
         with get_client(sync_client=True) as client:
             try:
-                client.read_work_pool(pool)
+                found = client.read_work_pool(pool)
             except ObjectNotFound:
                 return PoolStatus()
             workers = client.read_workers_for_work_pool(pool)
@@ -64,7 +65,8 @@ def inspect_pool(pool: str) -> PoolStatus:
     except Exception as exc:  # server down or unreachable
         return PoolStatus(error=f"{type(exc).__name__}: {exc}")
     online = sum(w.status == WorkerStatus.ONLINE for w in workers)
-    return PoolStatus(True, online, len(workers), deployed)
+    return PoolStatus(True, online, len(workers), deployed,
+                      kubernetes=kubernetes_pool(found))
 
 
 def probe_pool(pool: str, work: Path, timeout_s: float) -> ProbeResult:

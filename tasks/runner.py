@@ -37,6 +37,7 @@ from tasks.artifacts import publish_stage, stats_markdown
 from tasks.caching import STEPS, refs_in, run_cached, stage_out_dir, step_key
 from vpo_core.config import PlacementConfig
 from vpo_core.errors import StageFailed
+from vpo_core.job_variables import step_job_variables
 from vpo_core.stages import spec
 from vpo_core.tables import read_table
 from vpo_core.workdir import WorkDir
@@ -71,6 +72,8 @@ def _submit(name: str, params: dict[str, Any], key: str, force: bool) -> Any:
     where = hashlib.sha256(params["work_dir"].encode()).hexdigest()[:12]
     while True:
         run = run_deployment(name, parameters=params, timeout=0, as_subflow=True,
+                             job_variables=step_job_variables(params["stage"],
+                                                              params["kwargs"]),
                              idempotency_key=f"{key}-{where}-{attempt}",
                              flow_run_name=f"{params['step']}-{key[:8]}")
         if run.state is None or not run.state.is_final() or run.state.is_completed():

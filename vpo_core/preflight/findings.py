@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from vpo_core.errors import StageFailed
+
+if TYPE_CHECKING:
+    from vpo_core.preflight.kubernetes import KubernetesPool
 
 Level = Literal["error", "warning", "ok"]
 LEVELS: tuple[Level, ...] = ("error", "warning", "ok")
@@ -36,6 +39,7 @@ class PoolStatus:
     workers: int = 0
     step_deployment: bool = False
     error: str | None = None
+    kubernetes: KubernetesPool | None = None   # a Kubernetes pool's settings
 
 
 @dataclass(frozen=True)
