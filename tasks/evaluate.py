@@ -23,7 +23,8 @@ MODULES = ("vpo_core.evaluate", "vpo_core.checks", "vpo_core.llm", "vpo_core.pro
 
 
 @stage_task(name="evaluate-run", modules=MODULES,
-            data=("demonstrations.json", "visionreward_video_checklist.json"))
+            data=("demonstrations.json", "paper_figure7_few_shot_template.txt",
+                  "visionreward_video_checklist.json"))
 def run(queries: DataRef, models: dict[str, DataRef | str], judge: LLMConfig,
         cfg: EvaluateConfig,
         max_new_tokens: int, render: RenderConfig, score: ScoreConfig, checks: ChecksConfig,

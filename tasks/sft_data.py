@@ -24,7 +24,8 @@ def plan(queries: DataRef, shard_size: int) -> list[list[dict[str, Any]]]:
     return stage.shard_queries(queries, shard_size)
 
 
-@stage_task(name="sft-data-shard", modules=MODULES, data=("demonstrations.json",))
+@stage_task(name="sft-data-shard", modules=MODULES,
+            data=("demonstrations.json", "paper_figure7_few_shot_template.txt"))
 def shard(rows: list[dict[str, Any]], index: int, judge: LLMConfig, cfg: SftDataConfig,
           checks: ChecksConfig, out_dir: str) -> dict[str, Any]:
     work = current()  # the model cache and the call store; never part of a cache key
