@@ -233,11 +233,16 @@ for _name, _module, _flow, _doc in (
 def evaluate(models: Annotated[list[str] | None, typer.Option(
         "--model", "-m", help="NAME=MODEL_DIR of an optimizer to compare (repeatable), e.g. "
         "sft=vpo-work/data/train-sft/run-…/model.")] = None,
+        suite: Annotated[str | None, typer.Option(
+            "--suite", help="The prompts (evaluate.suite): heldout, vbench, "
+            "monetbench:PATH, t2vsafetybench:PATH, or a .txt/.json/.jsonl/.csv/.parquet "
+            "file.")] = None,
         config: ConfigOpt = None, force: ForceOpt = False, work_dir: WorkOpt = None,
         set_: SetOpt = None) -> None:
-    """Judge the original queries, the few-shot teacher and the given optimizers on the
-    held-out split (text-level alignment, iterative re-optimisation)."""
-    cfg = _load(config, set_, work_dir)
+    """Judge the original queries, the few-shot teacher and the given optimizers on a
+    prompt suite (text-level alignment, iterative re-optimisation, video quality), every
+    table broken down by the suite's dimensions or categories."""
+    cfg = _load(config, set_, work_dir, **({"evaluate.suite": suite} if suite else {}))
     from flows.evaluate import evaluate_flow
     from vpo_core.tables import ref_for_dir
 

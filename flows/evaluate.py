@@ -11,6 +11,7 @@ from tasks import evaluate as steps
 from tasks.artifacts import publish_stage
 from tasks.runner import Where, run_step
 from vpo_core.config import DEFAULT_CONFIG, PipelineConfig, Stage
+from vpo_core.evaluate.suites import suite_ref
 from vpo_core.tables import DataRef, read_table
 from vpo_core.workdir import activate
 
@@ -23,12 +24,14 @@ def evaluate_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
     """Judge the original query, the few-shot teacher and each optimizer model (``models``:
     name -> model folder or hub id, e.g. base, sft, dpo) on the eval split."""
     work = activate(config.work_dir)
-    queries = queries or run_chain(config, stop=Stage.sft_data).refs["queries"]
+    suite = suite_ref(config.evaluate.suite)   # None: the held-out split of the chain's queries
+    queries = queries or (None if suite else run_chain(config, stop=Stage.sft_data).refs["queries"])
     out = run_step(steps.run, work, force, stage="evaluate",
                    where=Where.of(config.placement, "evaluate"), queries=queries,
                    models=models or {}, judge=config.judge, cfg=config.evaluate,
                    max_new_tokens=config.sample.max_new_tokens, render=config.render,
-                   score=config.score, checks=config.checks, seed=config.seed)
+                   score=config.score, checks=config.checks, seed=config.seed,
+                   suite=suite)
     markdown = (out["markdown"] + f"\nChart: `{out['eval_chart'].path}`; every judgement: "
                 f"`{out['eval_judgements'].path}`.\n")
     publish_stage("evaluate", markdown, read_table(out["eval_judgements"]).head(20).select(
