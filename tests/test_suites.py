@@ -1,6 +1,7 @@
 """Prompt suites: the bundled VBench suite, MonetBench's and T2VSafetyBench's layouts, every
 generic file format, and the errors that name the file, the row and the field."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def test_vbench_is_bundled_with_its_dimensions() -> None:
     assert len(counts) == 16 and counts["human_action"] == 100 and counts["scene"] == 86
     assert counts["multiple_objects"] == 82 and counts["appearance_style"] == 90
     assert sum(len(r["groups"]) > 1 for r in rows) == 251   # prompts in 2 or 3 dimensions
+    digest = hashlib.sha256(Path(source(suite)).read_bytes()).hexdigest()
+    assert digest == "5dd2de80ee43cda750b2b72ea7023657c0b90d3702041c7e4608c65dbe50dccd"
     licence = Path(source(suite)).with_name("VBench_LICENSE.txt").read_text()
     assert "Apache License" in licence and "Version 2.0" in licence
 

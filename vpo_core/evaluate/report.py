@@ -225,7 +225,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
                      + f" | {_of_judged(g)} | {_failed(g)} |")
     lines += groups_markdown(summary.get("by_group") or [])
     lines += ["", "## Text-level aligned rate by round of re-optimisation", "",
-              "Not a table of the paper (its Table 3 is video level, above with "
+              "Not a table of the paper (its Table 3 is video level: see "
               "`evaluate.video`).", "",
               "| method | " + " | ".join(f"round {r}" for r in rounds) + " |",
               "|---|" + "---:|" * len(rounds)]
