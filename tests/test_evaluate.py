@@ -311,6 +311,8 @@ def test_video_table_renders_and_scores_every_round(tmp_path: Path, judge_cfg: L
         out["markdown"]
     assert "## Table 3: iterative optimisation (video level, by round)" in out["markdown"]
     assert "| scripted | 2 | 2 |" in out["markdown"]
+    table1 = out["markdown"].split("## Table 1")[1].split("\n## ")[0]
+    assert table1.index("| original | 2 |") < table1.index("| scripted | 2 |")  # Table 2's order
 
 
 # VisionReward's published weights (THUDM/VisionReward weight.json) of the questions in

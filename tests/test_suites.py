@@ -80,6 +80,13 @@ def test_every_file_format(tmp_path: Path, suffix: str) -> None:
                                                                  strict=True))
 
 
+def test_a_part_of_vbench_reads_as_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "vbench4.json"
+    path.write_text(json.dumps([{"prompt_en": p, "dimension": ["scene", "color"]}
+                                for p in PROMPTS]))
+    assert load_suite(FILE, path) == _expected("vbench4.json", [["scene", "color"]] * 2)
+
+
 def test_list_valued_dimensions_in_parquet(tmp_path: Path) -> None:
     path = tmp_path / "s.parquet"
     pl.DataFrame({"prompt": PROMPTS, "dimension": [["scene", "color"], []]}).write_parquet(path)

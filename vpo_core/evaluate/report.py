@@ -173,11 +173,16 @@ def _video_rows(rows: list[dict[str, Any]], lead: tuple[str, ...]) -> list[str]:
     return lines
 
 
-def video_markdown(rows: list[dict[str, Any]], by_group: list[dict[str, Any]] | None = None
-                   ) -> list[str]:
+def video_markdown(rows: list[dict[str, Any]], by_group: list[dict[str, Any]] | None = None,
+                   methods: Sequence[str] = ()) -> list[str]:
     """Table 1 (each method's first round: the MonetBench columns on VisionReward's
     scale), broken down by the suite's groups, and Table 3 (the optimizers' rounds of
-    iterative optimisation, video level) when there is more than one round."""
+    iterative optimisation, video level) when there is more than one round; methods in
+    ``methods``' order (Table 2's), as the paper orders its rows."""
+    rank = {m: i for i, m in enumerate(methods)}
+    rows = sorted(rows, key=lambda r: (rank.get(r["method"], len(rank)), r["round"]))
+    by_group = sorted(by_group or [], key=lambda r: (r["group"],
+                                                     rank.get(r["method"], len(rank))))
     firsts: dict[str, int] = {}
     for r in rows:
         firsts[r["method"]] = min(r["round"], firsts.get(r["method"], r["round"]))
@@ -214,7 +219,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
         "that gave no prompt counts as refusal); prompts the judge failed on are left out "
         "and counted under *judge failed*."]
     if summary.get("video") is not None:
-        lines += video_markdown(summary["video"], summary.get("video_by_group"))
+        lines += video_markdown(summary["video"], summary.get("video_by_group"), list(first))
     lines += [
         "", "## Table 2: text-level alignment", "",
         "| method | round | " + " | ".join(LABELS) + " | aligned, judged only | judge failed |",

@@ -16,7 +16,8 @@ categories) every table is broken down by.
   ``definition.txt`` that names the category (the 14 names below when it is absent).
 - any other value is a file: ``.txt`` (one prompt a line), ``.json`` (a list of strings,
   or of objects with ``prompt``), ``.jsonl``, ``.csv`` or ``.parquet`` with a ``prompt``
-  column and optional ``dimension`` / ``category`` columns (a string or a list).
+  column and optional ``dimension`` / ``category`` columns (a string or a list); a part
+  of VBench's own file (``prompt_en`` and ``dimension``) reads as it is.
 
 Bad files raise :class:`~vpo_core.errors.InputError` naming the file, the row and the field.
 """
@@ -228,11 +229,12 @@ def _table(path: Path, group_columns: tuple[str, ...], prefixed: bool
         if not isinstance(item, Mapping):
             raise InputError("expected a prompt string or an object with 'prompt'",
                              path=str(path), row=i)
-        if "prompt" not in item:
+        key = next((k for k in ("prompt", "prompt_en") if k in item), None)
+        if key is None:
             raise InputError("missing column", path=str(path), row=i, field="prompt")
         groups = [f"{col}:{g}" if prefixed else g for col in group_columns if col in item
                   for g in _groups(item[col], str(path), i, col)]
-        rows.append(_row(str(path), i, item["prompt"], groups))
+        rows.append(_row(str(path), i, item[key], groups, field=key))
     return rows
 
 
