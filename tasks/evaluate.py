@@ -13,7 +13,7 @@ from tasks.llm import judge_api_key
 from vpo_core.config import ChecksConfig, EvaluateConfig, LLMConfig, RenderConfig, ScoreConfig
 from vpo_core.evaluate.methods import FewShot, Method, OptimizerMethod, original
 from vpo_core.evaluate.stage import evaluate
-from vpo_core.evaluate.suites import load_suite, parse_suite
+from vpo_core.evaluate.suites import suite_rows
 from vpo_core.evaluate.video import video_scores
 from vpo_core.optimizer import Sampling
 from vpo_core.tables import DataRef, read_table
@@ -33,7 +33,7 @@ def run(queries: DataRef | None, models: dict[str, DataRef | str], judge: LLMCon
         out_dir: str, suite: DataRef | None = None) -> dict[str, Any]:
     key, work = judge_api_key(judge), current()
     model_cache = str(work.models)
-    rows = load_suite(parse_suite(cfg.suite).kind, suite.path) if suite else \
+    rows = suite_rows(cfg.suite, suite) if suite else \
         (read_table(queries, "queries").filter(pl.col("split") == "eval")
          .sort("query_id").select("query_id", "query", "safety").to_dicts())
     sampling = Sampling(cfg.temperature, cfg.top_p, max_new_tokens, seed,

@@ -20,6 +20,7 @@ from vpo_core.evaluate.suites import (
     parse_suite,
     source,
     suite_ref,
+    suite_rows,
 )
 
 PROMPTS = ["a red fox in fresh snow", "a cat playing piano"]
@@ -185,5 +186,8 @@ def test_suite_ref_follows_content_not_location(tmp_path: Path) -> None:
     b.write_text("a blue fox\n")
     assert suite_ref(str(a)).sha256 != suite_ref(str(b)).sha256
     assert suite_ref("heldout") is None and suite_ref("vbench").table == "suite"
+    assert suite_rows(str(b), suite_ref(str(b)))[0]["query"] == "a blue fox"
+    elsewhere = suite_ref("vbench").model_copy(update={"loc": "/nowhere/VBench.json"})
+    assert len(suite_rows("vbench", elsewhere)) == 946      # bundled: read from the package
     _t2v_folder(tmp_path / "t2v", False)
     assert suite_ref(f"t2vsafetybench:{tmp_path / 't2v'}").sha256

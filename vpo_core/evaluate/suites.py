@@ -96,6 +96,14 @@ def source(suite: Suite) -> Path | None:
     return suite.path
 
 
+def suite_rows(spec: str, ref: DataRef) -> list[dict[str, Any]]:
+    """The rows of the suite ``spec`` that :func:`suite_ref` referenced: a bundled suite
+    from this process's own package (a worker elsewhere has it at another path), the
+    others from the referenced file or folder."""
+    suite = parse_suite(spec)
+    return load_suite(suite.kind, source(suite) if suite.kind == VBENCH else ref.path)
+
+
 def load_suite(kind: str, path: str | Path) -> list[dict[str, Any]]:
     """The suite's prompts as evaluation rows: ``query_id`` (``<file>:<row>``), ``query``,
     ``groups`` (list) and ``safety`` (True for T2VSafetyBench)."""
