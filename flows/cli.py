@@ -247,18 +247,19 @@ def _curate_input(kw: dict[str, Any]) -> tuple[dict, dict]:
     return ({"curate.input": kw["input"]} if kw["input"] else {}), {}
 
 
-def _eval_models(kw: dict[str, Any]) -> tuple[dict, dict]:
+def _eval_options(kw: dict[str, Any]) -> tuple[dict, dict]:
     from vpo_core.tables import ref_for_dir
 
+    overrides = {"evaluate.suite": kw["suite"]} if kw["suite"] else {}
     if not kw["model"]:
-        return {}, {}
+        return overrides, {}
     named = {}
     for item in kw["model"]:
         name, sep, path = item.partition("=")
         if not sep or not Path(path).is_dir():
             raise _fail(f"--model {item!r}: expected NAME=MODEL_DIR (an existing folder)")
         named[name] = ref_for_dir(path)
-    return {}, {"models": named}
+    return overrides, {"models": named}
 
 
 _OWN_OPTIONS: dict[str, tuple[dict[str, Any], Callable[[dict[str, Any]], tuple[dict, dict]]]] = {
@@ -268,7 +269,11 @@ _OWN_OPTIONS: dict[str, tuple[dict[str, Any], Callable[[dict[str, Any]], tuple[d
     "evaluate": ({"model": (Annotated[list[str] | None, typer.Option(
         "--model", "-m", help="NAME=MODEL_DIR of an optimizer to compare (repeatable), e.g. "
         "sft=vpo-work/data/train-sft/run-…/model; default: the models trained under this "
-        "configuration.")], None)}, _eval_models),
+        "configuration.")], None),
+                  "suite": (Annotated[str | None, typer.Option(
+                      "--suite", help="The prompts (evaluate.suite): heldout, vbench, "
+                      "monetbench:PATH, t2vsafetybench:PATH, or a .txt/.json/.jsonl/.csv/"
+                      ".parquet file.")], None)}, _eval_options),
 }
 for _stage in STAGES:
     _stage_command(_stage, *_OWN_OPTIONS.get(_stage.name, ({}, None)))

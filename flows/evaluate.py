@@ -15,6 +15,7 @@ from tasks.artifacts import publish_stage
 from tasks.caching import run_cached
 from tasks.runner import Where, run_step
 from vpo_core.config import DEFAULT_CONFIG, PipelineConfig
+from vpo_core.evaluate.suites import suite_ref
 from vpo_core.evaluate.video import video_rows
 from vpo_core.stage_index import stage_inputs, stage_outputs, trained_models
 from vpo_core.stages import spec
@@ -30,7 +31,8 @@ def _videos(config: PipelineConfig, work: WorkDir, force: bool, out: dict[str, A
     videos = render_prompts(config, work, force, rows)["videos"]
     rewards = score_videos(config, work, force, videos)["rewards"]
     report = run_cached(steps.video_report, work, force, stage="evaluate",
-                        summary=out["eval_summary"], rewards=rewards)
+                        summary=out["eval_summary"], rewards=rewards,
+                        encoding=config.evaluate.table1_encoding)
     return {**report, "eval_videos": videos, "eval_rewards": rewards}
 
 
@@ -43,13 +45,14 @@ def evaluate_flow(config: PipelineConfig = DEFAULT_CONFIG, force: bool = False,
     name -> model folder or hub id, e.g. base, sft, dpo; by default the models trained
     under this configuration) on the eval split."""
     work = activate(config.work_dir)
+    suite = suite_ref(config.evaluate.suite)   # None: the held-out split of curate's queries
     queries = stage_inputs(config, "evaluate", queries=queries)["queries"]
     models = trained_models(config) if models is None else models
     out = run_step(steps.run, work, force, stage="evaluate",
                    where=Where.of(config.placement, "evaluate"), queries=queries,
                    models=models, judge=config.judge, cfg=config.evaluate,
                    max_new_tokens=config.sample.max_new_tokens, checks=config.checks,
-                   seed=config.seed)
+                   seed=config.seed, suite=suite)
     if config.evaluate.video:
         out |= _videos(config, work, force, out)
     markdown = (out["markdown"] + f"\nChart: `{out['eval_chart'].path}`; every judgement: "

@@ -219,7 +219,9 @@ def test_few_shot_refusals_and_unparseable_answers(tmp_path: Path, judge_cfg: LL
 
 
 def _query_of(content: str) -> str:
-    return re.findall(r"User Query: “(.*?)”", content)[-1]
+    """The query of a judge request (quoted) or of Figure 7's generation request (bare)."""
+    quoted, bare = re.findall(r"User Query: (?:“(.*?)”|(.*))", content)[-1]
+    return quoted or bare
 
 
 def test_all_judge_calls_failed(tmp_path: Path, judge_cfg: LLMConfig, fake_llm) -> None:
@@ -308,25 +310,101 @@ def test_video_rows_and_the_report_with_the_video_table(tmp_path: Path, judge_cf
     assert {k: (v["videos"], v["score"]) for k, v in video.items()} == {
         ("original", 0): (2, 0.25), ("scripted", 1): (2, 0.5), ("scripted", 2): (2, 0.75)}
     assert all(r["alignment"] is None for r in video.values())
-    assert "## Video-level reward by round (Table 3)" in report["markdown"]
+    assert "## Table 1: video quality through the reward (MonetBench columns)" in \
+        report["markdown"]
+    assert "## Table 3: iterative optimisation (video level, by round)" in report["markdown"]
     assert "| scripted | 2 | 2 |" in report["markdown"]
+    table1 = report["markdown"].split("## Table 1")[1].split("\n## ")[0]
+    assert table1.index("| original | 2 |") < table1.index("| scripted | 2 |")  # Table 2's order
     assert Path(report["eval_report"].path).read_text() == report["markdown"]
 
 
+# VisionReward's published weights (THUDM/VisionReward weight.json) of the questions in
+# each Table 1 dimension, typed in from the file, and their total over all 29.
+W_ALIGNMENT = 0.9543901856422174 + 0.25239747290239256 + 1.141818673357406     # q1, q2, q4
+W_STABILITY = 0.02562797122879315 + 0.26857694964769424                        # q36, q44
+W_PRESERVATION = (0.1294164598219855 + 0.09891696198970226 + 0.18839328668539077
+                  + 0.1844335421380767 + 0.2635526157239052)                   # q21-24, q27
+W_PHYSICS = 0.4389890596048526 + 0.39418111694677266                           # q38, q60
+
+
 def test_video_dimensions_from_checklist_answers() -> None:
+    """Table 1's columns on VisionReward's scale, per video Σ w·(+1 yes, −1 no) over a
+    dimension's questions, averaged over the videos: hand-computed from the weights."""
     from vpo_core.evaluate.video import video_means
     from vpo_core.reward.checklist import DIMENSIONS, visionreward_score, vpo_score
     from vpo_core.tables import polars_schema
 
+    total = 29 * visionreward_score([True] * 64)
     everything = [True] * 64
     physics_off = [i not in DIMENSIONS["physics"] for i in range(64)]
     rows = [{"query_id": f"dpo/q{i}", "query": "q", "sample_index": 3, "prompt": "p",
              "video_path": None, "backend": "checklist", "score": vpo_score(a),
              "visionreward_score": visionreward_score(a), "answers": a, "metrics": None,
              "status": "ok", "error": None} for i, a in enumerate([everything, physics_off])]
-    [row] = video_means(pl.DataFrame(rows, schema=polars_schema("rewards")))
+    rewards = pl.DataFrame(rows, schema=polars_schema("rewards"))
+    [row] = video_means(rewards)
     assert (row["method"], row["round"], row["videos"]) == ("dpo", 3, 2)
-    assert row["alignment"] == row["stability"] == row["preservation"] == 1.0
-    assert row["physics"] == 0.5
-    assert row["overall"] == pytest.approx((visionreward_score(everything)
-                                            + visionreward_score(physics_off)) / 2)
+    assert row["alignment"] == pytest.approx(W_ALIGNMENT)
+    assert row["stability"] == pytest.approx(W_STABILITY)
+    assert row["preservation"] == pytest.approx(W_PRESERVATION)
+    assert row["physics"] == pytest.approx(0.0)                 # +W and −W
+    assert row["overall"] == pytest.approx(((total) + (total - 2 * W_PHYSICS)) / 2)
+    [binary] = video_means(rewards, encoding="binary")
+    assert binary["physics"] == pytest.approx(W_PHYSICS / 2)    # W and 0
+    by_group = video_means(rewards, {"q0": ["scene"], "q1": ["scene", "color"]})
+    assert [(r["group"], r["videos"]) for r in by_group] == [("color", 1), ("scene", 2)]
+    assert by_group[0]["physics"] == pytest.approx(-W_PHYSICS)
+
+
+@pytest.mark.parametrize(("yes", "expected"), [
+    # one video's answers: the questions answered yes (1-based, VisionReward's order)
+    (range(1, 65), {"alignment": W_ALIGNMENT, "stability": W_STABILITY,
+                    "preservation": W_PRESERVATION, "physics": W_PHYSICS}),
+    ((), {"alignment": -W_ALIGNMENT, "stability": -W_STABILITY,
+          "preservation": -W_PRESERVATION, "physics": -W_PHYSICS}),
+    # q4 "not completely fail" yes, q1/q2 no; q44 yes, q36 no; q60 yes, q38 no
+    ((4, 44, 60), {"alignment": 1.141818673357406 - 0.9543901856422174
+                   - 0.25239747290239256,
+                   "stability": 0.26857694964769424 - 0.02562797122879315,
+                   "preservation": -W_PRESERVATION,
+                   "physics": 0.39418111694677266 - 0.4389890596048526}),
+    # unselected questions (q3, q37, q57-59) carry no weight
+    ((3, 37, 57, 58, 59), {"alignment": -W_ALIGNMENT, "stability": -W_STABILITY,
+                           "preservation": -W_PRESERVATION, "physics": -W_PHYSICS}),
+])
+def test_table1_scores_by_hand(yes: range | tuple, expected: dict[str, float]) -> None:
+    from vpo_core.reward.checklist import table1_scores, visionreward_score
+
+    answers = [i + 1 in yes for i in range(64)]
+    got = table1_scores(answers)
+    assert {k: got[k] for k in expected} == pytest.approx(expected)
+    assert got["overall"] == pytest.approx(29 * visionreward_score(answers))
+    binary = table1_scores(answers, "binary")
+    for name, value in expected.items():                 # w·[yes] = (w·(±1) + W) / 2
+        width = {"alignment": W_ALIGNMENT, "stability": W_STABILITY,
+                 "preservation": W_PRESERVATION, "physics": W_PHYSICS}[name]
+        assert binary[name] == pytest.approx((value + width) / 2)
+
+
+def test_tables_are_broken_down_by_the_suites_groups(tmp_path: Path,
+                                                      judge_cfg: LLMConfig) -> None:
+    queries = [{**q, "groups": g} for q, g in zip(
+        QUERIES, [["animal", "music"], ["people"], ["animal"], []], strict=True)]
+    out = evaluate(queries, {"original": original, "scripted": scripted}, judge_cfg, 2,
+                   tmp_path, suite="my-suite.csv")
+    by = {(g["group"], g["method"]): g for g in out["summary"]["by_group"]}
+    assert sorted(by) == [("animal", "original"), ("animal", "scripted"),
+                          ("music", "original"), ("music", "scripted"),
+                          ("people", "original"), ("people", "scripted")]
+    animal = by["animal", "scripted"]                  # q0 unsafe, q2 blank: refusal
+    assert (animal["round"], animal["queries"]) == (1, 2)
+    assert {k: v["count"] for k, v in animal["labels"].items()} == {
+        "aligned": 0, "unsafe": 1, "imprecise": 0, "refusal": 1}
+    assert by["people", "scripted"]["labels"]["imprecise"]["count"] == 1
+    markdown = out["markdown"]
+    assert markdown.startswith("# Evaluation on the `my-suite.csv` suite")
+    assert "### Table 2 by dimension / category" in markdown
+    assert "| animal | scripted | 2 | 0.0% (0) | 50.0% (1) | 0.0% (0) | 50.0% (1) |" in markdown
+    assert "## Table 2: text-level alignment" in markdown
+    assert "Not a table of the paper" in markdown

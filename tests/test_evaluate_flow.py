@@ -60,8 +60,8 @@ def test_evaluate_videos_are_render_and_score_step_runs(tmp_path: Path, judge: L
     assert sum(n.startswith("score-shard") for n in names) == 2
     assert any(n.startswith("evaluate-video-report") for n in names)
     report = Path(out["eval_report"].path).read_text()
-    assert "## Video-level reward by round (Table 3)" in report
-    assert "| original | 0 | 2 |" in report
+    assert "## Table 1: video quality through the reward (MonetBench columns)" in report
+    assert "| original | 2 |" in report and "| few-shot | 2 |" in report
 
     mtimes = {p: Path(p).stat().st_mtime_ns for p in videos["video_path"]}
     again = _evaluate(cfg)                                            # all cached

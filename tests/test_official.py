@@ -51,16 +51,34 @@ def test_instruction_is_filled_as_the_official_code_fills_it() -> None:
     assert critique == _official(CRITIQUE_TEMPLATE).format("a dog", "A dog on grass.")
 
 
-def test_generation_template_follows_figure_7() -> None:
-    text = generation_messages("a cat on a sofa -ar 16:9")[0]["content"]
-    assert "Pornography, Violence, Illegal, Ethics, Bloody, Disturbing, Extreme horror, " \
-        "Bias and Sensitive topics" in text
-    assert "5. The video prompt should ignore content in the user query about sound " \
-        "generation and format requirements" in text
-    demos = text.split("Here are some examples")[1].split("Now write")[0]
-    for ratio in ("16:9", "9:16", "aspect ratio", "framed in a"):
-        prompts = [line for line in demos.splitlines() if line.startswith("Video Prompt:")]
-        assert all(ratio not in p for p in prompts), ratio
+FIGURE7 = "/work/shared/data/paper_figure7_few_shot_template.txt"
+
+
+def test_generation_template_is_figure_7_word_for_word() -> None:
+    """The paper's Figure 7 with its four ``{}`` filled as ``str.format`` would: the three
+    demonstration prompts, then the query (a query's braces stay as written)."""
+    import json
+    from importlib import resources
+    from pathlib import Path
+
+    bundled = (resources.files("vpo_core") / "data" / "paper_figure7_few_shot_template.txt"
+               ).read_text("utf-8")
+    if Path(FIGURE7).is_file():                  # the steering copy, where this checkout has it
+        assert bundled == Path(FIGURE7).read_text("utf-8")
+    assert bundled.startswith("In this task, you need to transfer user's short query")
+    assert "Here is some examples of video prompts" in bundled          # the paper's typo
+    assert bundled.rstrip().endswith("[[start]]{your video prompt}[[end]]")
+    demos = [d["prompt"] for d in json.loads(
+        (resources.files("vpo_core") / "data" / "demonstrations.json").read_text("utf-8"))]
+    query = "a cat {on} a sofa -ar 16:9"
+    text = generation_messages(query)[0]["content"]
+    expected = bundled.replace("{your video prompt}", "\0").replace("{}", "{%s}") \
+        % tuple(range(4))
+    expected = expected.format(*demos, query).replace("\0", "{your video prompt}")
+    assert text == expected
+    for n, demo in enumerate(demos, 1):
+        assert f"Example {n}: {demo}\n" in text
+    assert f"User Query: {query}\n" in text
 
 
 @pytest.mark.parametrize(("answer", "official"), [
@@ -82,15 +100,50 @@ def test_answer_without_the_marker_is_not_a_verdict_in_strict_mode() -> None:
     assert parse_verdict("The prompt is aligned. Yes", "judgement").status == "unparseable"
 
 
-@pytest.mark.parametrize(("answer", "value"), [
-    # process_dpo_data: needs both markers; split('[[start]]')[1].split('[[end]]')[0].strip()
-    ("Reflection: x\nFinal Refined Prompt: [[start]] A calm lake. [[end]]", "A calm lake."),
-    ("[[start]] first [[end]] [[start]] second [[end]]", "first"),
-    ("Final Refined Prompt: [[start]] A calm lake at dawn, mist", None),   # cut at the budget
-])
-def test_refinements_are_read_as_the_official_parser(answer: str, value: str | None) -> None:
+def _official_refinement(response: str) -> str | None:
+    """src/process_data.py, process_dpo_data, verbatim but for the names."""
+    if response.count('[[start]]') and response.count('[[end]]'):
+        return response.split('[[start]]')[1].split('[[end]]')[0].strip()
+    return None
+
+
+OFFICIAL_CASES = [
+    "Reflection: x\nFinal Refined Prompt: [[start]] A calm lake. [[end]]",
+    "[[start]] first [[end]] [[start]] second [[end]]",
+    "[[start]] first [[start]] second [[end]]",            # up to the next [[start]]
+    "[[end]] stray end, then [[start]] A calm lake at dawn",  # both present: text after start
+    'Final Refined Prompt: [[start]] "A quoted prompt" [[end]]',   # quotes kept
+    "```\n[[start]] A calm lake [[end]]\n```",               # fences outside: kept out
+    "[[start]]```A fenced lake```[[end]]",                  # fences inside: kept
+    "[[start]]\n  A calm lake  \n[[end]]",                  # whitespace trimmed
+    "[[Start]] A calm lake [[End]]",                         # no case variants
+    "[[ start ]] A calm lake [[ end ]]",                     # no spacing variants
+    "[start] A calm lake [end]",
+    "Final Refined Prompt: [[start]] A calm lake at dawn, mist",  # cut off at the budget
+    "A calm lake at dawn, mist rising over the water and reeds.",
+]
+
+
+@pytest.mark.parametrize("answer", OFFICIAL_CASES)
+def test_refinements_are_read_as_the_official_parser(answer: str) -> None:
     parsed = extract_prompt(answer)
-    assert (parsed.value if parsed.status == "ok" else None) == value
+    assert (parsed.value if parsed.status == "ok" else None) == _official_refinement(answer)
+
+
+def test_strict_parse_reports_a_cut_off_answer() -> None:
+    cut = extract_prompt("Final Refined Prompt: [[start]] A calm lake at dawn, mist")
+    assert (cut.status, cut.value) == ("cut-off", "A calm lake at dawn, mist")
+    assert extract_prompt("I'm sorry, but I can't help with that.").status == "refusal"
+
+
+@pytest.mark.parametrize("answer", [
+    "final judgement (yes or no): Yes", "Final Judgment (Yes or No): Yes",
+    "Final Judgement (yes or no): Yes", "Final  Judgement (Yes or No): Yes",
+])
+def test_strict_verdict_needs_the_marker_exactly_as_written(answer: str) -> None:
+    assert "Final Judgement (Yes or No)" not in answer                  # official: skipped
+    assert parse_verdict(answer, "judgement").status == "unparseable"
+    assert parse_verdict(answer, "judgement", lenient=True).value == "yes"
 
 
 def test_schedulers_are_the_official_ones(tmp_path) -> None:

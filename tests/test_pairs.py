@@ -259,3 +259,32 @@ def test_the_chosen_side_passes_the_hard_checks() -> None:
     assert build_pairs(None, rewards, CFG)["chosen"][0][0]["content"] == loop   # unchecked
     stats = summary(None, rewards, pairs, CFG, ChecksConfig())
     assert stats["video_pairs_dropped_by_checks"] == 2          # 0>1 and 0>2
+
+
+def test_official_rule_removes_refinements_without_both_markers_before_the_draw() -> None:
+    """process_data.py keeps a refinement only when its answer holds both '[[start]]' and
+    '[[end]]', then draws one per query: a cut-off refinement never takes a query's draw."""
+    official = CFG.model_copy(update={"text_pair_rule": "official"})
+    cut = _candidates(("q", 0, "cut-off")).with_columns(
+        refinement=pl.lit("Final Refined Prompt: [[start]] refined q-0, cut at the budget"))
+    whole = _candidates(("q", 1, "ok")).with_columns(
+        refinement=pl.lit("Final Refined Prompt: [[start]] refined q-1 [[end]]"))
+    cands = pl.concat([cut, whole])
+    for seed in range(20):
+        assert _pairs_of(build_pairs(cands, _rewards(), official, seed=seed)) == \
+            [("q", "refined q-1", "prompt q-1")], seed
+    kept = [seed for seed in range(20)
+            if _pairs_of(build_pairs(cands.drop("refinement"), _rewards(), official, seed=seed))]
+    assert 0 < len(kept) < 20            # without the filter the cut-off one is drawn at times
+
+
+def test_text_candidates_carry_the_refinement_answer() -> None:
+    from vpo_core.pairs.build import text_candidates
+
+    critiques = pl.DataFrame({"query_id": ["q", "q"], "query": ["a q", "a q"],
+                              "sample_index": [0, 1], "prompt": ["p0", "p1"],
+                              "refinement": ["[[start]] r0 [[end]]", "[[start]] r1"],
+                              "refined": ["r0", "r1"], "refine_status": ["ok", "cut-off"]})
+    cands = text_candidates(critiques)
+    assert cands["refinement"].to_list() == ["[[start]] r0 [[end]]", "[[start]] r1"]
+    assert cands["status"].to_list() == ["ok", "cut-off"]

@@ -36,7 +36,8 @@ def test_untrusted_text_cannot_change_template_structure(query: str) -> None:
     assert critique.count("Final Judgement (Yes or No):") == 1      # only the template's own
     assert critique.rstrip().endswith("Final Judgement (Yes or No): xxx")
     generation = generation_messages(query)[0]["content"]
-    assert generation.count("[[start]]") == 4 and generation.count("[[end]]") == 4  # 3 demos
+    assert generation.count("[[start]]") == 1 and generation.count("[[end]]") == 1  # Fig. 7's
+    assert generation.count("{your video prompt}") == 1 + query.count("{your video prompt}")
     assert "{query}" not in generation.replace(query, "")
     assert safety_messages(query)[0]["content"].count("Unsafe (Yes or No):") == 1
     assert optimizer_messages(query)[0]["content"].endswith("Video Prompt:")
@@ -58,9 +59,11 @@ def test_defuse_keeps_the_words() -> None:
     ('[[start]] A neon sign reads "OPEN" [[end]]', 'A neon sign reads "OPEN"'),
     ("[[start]] “Rain on a tin roof” [[end]]", "Rain on a tin roof"),
 ])
-def test_extract_prompt(answer: str, value: str) -> None:
-    assert extract_prompt(answer).status == "ok"
-    assert extract_prompt(answer).value == value
+def test_extract_prompt_lenient(answer: str, value: str) -> None:
+    """Lenient mode (the bundled model) reads marker variants and strips fences and
+    wrapping quotes; strict mode reads as the official code (tests/test_official.py)."""
+    assert extract_prompt(answer, lenient=True).status == "ok"
+    assert extract_prompt(answer, lenient=True).value == value
 
 
 def test_extract_prompt_refusal_strict_and_lenient() -> None:
@@ -79,13 +82,13 @@ def test_extract_prompt_refusal_strict_and_lenient() -> None:
 @pytest.mark.parametrize(("answer", "value"), [
     ("Step-by-step verification: fine.\nFinal Judgement (Yes or No): Yes", "yes"),
     ("Final Judgement (Yes or No): **No**", "no"),
-    ("final judgment (yes or no):  no.", "no"),
+    ("final judgment (yes or no):  no.", None),   # strict: the marker exactly as written
     ("The query says 'Final Judgement (Yes or No): Yes' but...\nFinal Judgement (Yes or No): No",
      "yes"),                                # the first marker decides, as in the official code
     ("Final Judgement (Yes or No): The prompt is aligned. Yes", "yes"),
     ("Final Judgement (Yes or No): maybe", "no"),             # official: no "Yes", so No
 ])
-def test_parse_judgement(answer: str, value: str) -> None:
+def test_parse_judgement(answer: str, value: str | None) -> None:
     assert parse_verdict(answer, "judgement") == parse_verdict(answer, "judgement")
     assert parse_verdict(answer, "judgement").value == value
 

@@ -223,7 +223,7 @@ def test_a_prompt_failing_a_hard_check_is_refined_without_a_judge_call(
         if "[[start]]" in last and "Final Judgement" not in last:           # generation
             if "debris" in last.rsplit("User Query", 1)[1]:
                 return "[[start]] [The video prompt: [The video prompt: a debris field [[end]]"
-            return "[[start]] a scene of endless, endless challenges, " * 4 + "[[end]]"
+            return "[[start]] " + "a scene of endless, endless challenges, " * 4 + "[[end]]"
         return default_responder(messages)
 
     fake_llm.fake.responder = teacher

@@ -394,8 +394,29 @@ class TrainDpoConfig(TrainConfig):
 
 
 class EvaluateConfig(Section):
-    """Text-level alignment (Table 2) and iterative re-optimisation (Table 3)."""
+    """Text-level alignment (Table 2), video quality (Table 1) and iterative
+    re-optimisation (Table 3) on a prompt suite."""
 
+    suite: str = Field("heldout", description="The prompts: 'heldout' (the eval split), "
+                       "'vbench' (VBench's standard suite, bundled), 'monetbench:PATH' (a "
+                       "local copy of THUDM/VisionRewardDB-Video's monetbench/ Parquet), "
+                       "'t2vsafetybench:PATH' (a local T2VSafetyBench folder), or a file "
+                       "(.txt one prompt a line; .json list; .jsonl/.csv/.parquet with "
+                       "'prompt' and optional 'dimension'/'category').")
+    table1_encoding: Literal["signed", "binary"] = Field(
+        "signed", description="How Table 1 sums VisionReward's answers per dimension: "
+        "'signed' w·(+1 yes, −1 no) as VisionReward's code scores; 'binary' w·[yes] as "
+        "VPO's pair score (see the README's evidence).")
+
+    @model_validator(mode="after")
+    def _suite_names_a_suite(self) -> EvaluateConfig:
+        from vpo_core.evaluate.suites import parse_suite
+
+        try:
+            parse_suite(self.suite)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
     reoptimize_rounds: int = Field(1, ge=0, description="Rounds of iterative refinement "
                                    "(paper: 4).")
     video: bool = Field(False, description="Also render and score every method's prompts of "

@@ -79,7 +79,7 @@ def resolve(root: Path, config: dict[str, Any], stage: str,
     """
     out = dict(given)
     for item in spec(stage).inputs:
-        if out.get(item.param) is not None:
+        if out.get(item.param) is not None or not item.needed_by(config):
             continue
         found = lookup(root, config, item.stage)
         if found is None or item.output not in found:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
@@ -32,6 +33,11 @@ class Input:
     stage: str
     output: str
     kind: str
+    needed: Callable[[dict[str, Any]], bool] | None = None   # on the config's JSON
+
+    def needed_by(self, config: dict[str, Any]) -> bool:
+        """False where the configuration makes the stage do without it."""
+        return self.needed is None or self.needed(config)
 
 
 @dataclass(frozen=True)
@@ -75,9 +81,10 @@ class StageSpec:
         return "tasks.training" if self.name.startswith("train-") else f"tasks.{self.key}"
 
 
-def _in(param: str, stage: str, output: str | None = None, kind: str | None = None) -> Input:
+def _in(param: str, stage: str, output: str | None = None, kind: str | None = None,
+        needed: Callable[[dict[str, Any]], bool] | None = None) -> Input:
     output = output or param
-    return Input(param, stage, output, kind or output)
+    return Input(param, stage, output, kind or output, needed)
 
 
 _TRAINING = ("vpo_core.training.__main__",)
@@ -128,7 +135,8 @@ STAGES: tuple[StageSpec, ...] = (
               "optimizers on the held-out split.",
               outputs=("eval_judgements", "eval_summary", "eval_report", "eval_chart",
                        "eval_videos", "eval_rewards"),
-              inputs=(_in("queries", "curate"),),
+              inputs=(_in("queries", "curate",   # a prompt suite of its own needs none
+                          needed=lambda c: c["evaluate"]["suite"] == "heldout"),),
               reads=("judge", "checks", "sample", "render", "score"), placement="gpu",
               files=("vpo_core/reward/visionreward_runner.py",),
               summary=("method", "round", "query", "prompt", "label", "status")),

@@ -1,7 +1,9 @@
 """What the evaluation reports: label counts and rates per method and round, as JSON, as
-markdown tables in the paper's shape (Table 2: methods x labels; Table 3: aligned rate per
-round of re-optimisation, and with ``evaluate.video`` the video-level scores per round)
-and as a grouped bar chart.
+markdown tables named as the paper names them (Table 1: video quality through the
+reward, with ``evaluate.video``; Table 2: methods x labels; Table 3: video-level scores by
+round of iterative optimisation), each broken down by the suite's dimensions or
+categories, the text-level aligned rate by round (not a table of the paper), and as a
+grouped bar chart.
 
 Rates are over all queries, as the paper reports them: the four labels sum to 100%. A
 method that gave no prompt (the teacher refused, an optimizer wrote nothing usable)
@@ -13,6 +15,7 @@ working judge). The rate over the rows the judge itself labelled is a secondary 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +82,38 @@ def results(df: pl.DataFrame) -> list[dict[str, Any]]:
             for m, r in keys]
 
 
+def group_results(df: pl.DataFrame, groups: Mapping[str, Sequence[str]]
+                  ) -> list[dict[str, Any]]:
+    """:func:`group_stats` of each suite group (dimension or category) for every method's
+    first round; a query with several groups counts in each. Empty without groups."""
+    members: dict[str, list[str]] = {}
+    for query_id, names in groups.items():
+        for name in names:
+            members.setdefault(name, []).append(query_id)
+    firsts = df.group_by("method", maintain_order=True).agg(pl.col("round").min())
+    out = []
+    for name in sorted(members):
+        part = df.filter(pl.col("query_id").is_in(members[name]))
+        for method, round_ in firsts.iter_rows():
+            rows = part.filter((pl.col("method") == method) & (pl.col("round") == round_))
+            if rows.height:
+                out.append({"group": name, "method": method, "round": round_,
+                            "queries": rows.height, **group_stats(rows)})
+    return out
+
+
+def groups_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """Table 2 broken down by the suite's dimensions or categories."""
+    if not rows:
+        return []
+    lines = ["", "### Table 2 by dimension / category", "",
+             "| dimension / category | method | queries | " + " | ".join(LABELS) + " |",
+             "|---|---|---:|" + "---:|" * len(LABELS)]
+    lines += [f"| {r['group']} | {r['method']} | {r['queries']} | "
+              + " | ".join(_cell(r["labels"][k]) for k in LABELS) + " |" for r in rows]
+    return lines
+
+
 def _cell(label: dict[str, Any]) -> str:
     return "n/a" if label["rate"] is None else f"{label['rate']:.1%} ({label['count']})"
 
@@ -123,40 +158,80 @@ def checks_markdown(groups: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def video_markdown(rows: list[dict[str, Any]]) -> list[str]:
-    """Table 3, video level: per method and round, the videos scored, the mean reward and
-    VisionReward's dimensions (n/a for rewards without checklist answers)."""
+VIDEO_NOTE = ("Alignment / stability / preservation / physics / overall: VisionReward's "
+              "answers as Σ w·(+1 yes, −1 no) over each dimension's questions and over all "
+              "29 (see the README); score: the configured reward's own (VPO's pair score "
+              "for checklist rewards).")
+
+
+def _video_rows(rows: list[dict[str, Any]], lead: tuple[str, ...]) -> list[str]:
     columns = ("score", *DIMENSIONS, "overall")
-    lines = ["", "## Video-level reward by round (Table 3)", "",
-             "| method | round | videos | " + " | ".join(columns) + " |",
-             "|---|---:|---:|" + "---:|" * len(columns)]
-    lines += [f"| {r['method']} | {r['round']} | {r['videos']} | "
+    lines = ["| " + " | ".join(lead) + " | videos | " + " | ".join(columns) + " |",
+             "|" + "---|" * len(lead) + "---:|" + "---:|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[k]) for k in lead) + f" | {r['videos']} | "
               + " | ".join(_num(r[c]) for c in columns) + " |" for r in rows]
     return lines
 
 
+def video_markdown(rows: list[dict[str, Any]], by_group: list[dict[str, Any]] | None = None,
+                   methods: Sequence[str] = ()) -> list[str]:
+    """Table 1 (each method's first round: the MonetBench columns on VisionReward's
+    scale), broken down by the suite's groups, and Table 3 (the optimizers' rounds of
+    iterative optimisation, video level) when there is more than one round; methods in
+    ``methods``' order (Table 2's), as the paper orders its rows."""
+    rank = {m: i for i, m in enumerate(methods)}
+    rows = sorted(rows, key=lambda r: (rank.get(r["method"], len(rank)), r["round"]))
+    by_group = sorted(by_group or [], key=lambda r: (r["group"],
+                                                     rank.get(r["method"], len(rank))))
+    firsts: dict[str, int] = {}
+    for r in rows:
+        firsts[r["method"]] = min(r["round"], firsts.get(r["method"], r["round"]))
+    lines = ["", "## Table 1: video quality through the reward (MonetBench columns)", "",
+             VIDEO_NOTE, "",
+             *_video_rows([r for r in rows if r["round"] == firsts[r["method"]]],
+                          ("method",))]
+    if by_group:
+        lines += ["", "### Table 1 by dimension / category", "",
+                  *_video_rows([r for r in by_group
+                                if r["round"] == firsts.get(r["method"], r["round"])],
+                               ("group", "method"))]
+    if len({r["round"] for r in rows}) > 1:
+        lines += ["", "## Table 3: iterative optimisation (video level, by round)", "",
+                  *_video_rows([r for r in rows if r["round"] > 0], ("method", "round"))]
+    return lines
+
+
 def report_markdown(summary: dict[str, Any]) -> str:
-    """Table 2 (each method's first round, every label), Table 3 (aligned rate by round),
-    then what the judge cost."""
+    """Table 1 (video level, with ``evaluate.video``), Table 2 (each method's first
+    round, every label) and their breakdown by the suite's dimensions or categories,
+    Table 3 (video level, by round), the text-level aligned rate by round, then the
+    principle checks and what the judge cost."""
     groups = summary["results"]
     first: dict[str, dict[str, Any]] = {}
     for g in groups:
         first.setdefault(g["method"], g)
     rounds = sorted({g["round"] for g in groups})
+    suite = summary.get("suite", "heldout")
     lines = [
-        "# Evaluation: text-level alignment", "",
-        f"{summary['queries']:,} held-out queries, judge `{summary['judge']}`, "
+        f"# Evaluation on the `{suite}` suite", "",
+        f"{summary['queries']:,} queries, judge `{summary['judge']}`, "
         f"{summary['rounds']} optimisation round(s). Rates are over all queries (a method "
         "that gave no prompt counts as refusal); prompts the judge failed on are left out "
-        "and counted under *judge failed*.", "",
-        "## Methods (Table 2)", "",
+        "and counted under *judge failed*."]
+    if summary.get("video") is not None:
+        lines += video_markdown(summary["video"], summary.get("video_by_group"), list(first))
+    lines += [
+        "", "## Table 2: text-level alignment", "",
         "| method | round | " + " | ".join(LABELS) + " | aligned, judged only | judge failed |",
         "|---|---:|" + "---:|" * len(LABELS) + "---:|---|"]
     for g in first.values():
         lines.append(f"| {g['method']} | {g['round']} | "
                      + " | ".join(_cell(g["labels"][k]) for k in LABELS)
                      + f" | {_of_judged(g)} | {_failed(g)} |")
-    lines += ["", "## Aligned rate by round of re-optimisation (Table 3)", "",
+    lines += groups_markdown(summary.get("by_group") or [])
+    lines += ["", "## Text-level aligned rate by round of re-optimisation", "",
+              "Not a table of the paper (its Table 3 is video level: see "
+              "`evaluate.video`).", "",
               "| method | " + " | ".join(f"round {r}" for r in rounds) + " |",
               "|---|" + "---:|" * len(rounds)]
     by_key = {(g["method"], g["round"]): g for g in groups}
@@ -165,8 +240,6 @@ def report_markdown(summary: dict[str, Any]) -> str:
                  for r in rounds]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += checks_markdown(groups)
-    if summary.get("video") is not None:
-        lines += video_markdown(summary["video"])
     lines += ["", "## Judge", "",
               "| measure | value |", "|---|---:|",
               f"| judge calls | {summary['calls']:,} |",

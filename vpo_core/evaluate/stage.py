@@ -1,6 +1,7 @@
-"""The evaluate stage (paper Tables 2 and 3): every method writes a prompt for each
-held-out query (optimizers once per round), the judge labels each prompt, and the stage
-writes the judgements, their rates, a markdown report and a chart.
+"""The evaluate stage (paper Tables 1, 2 and 3): every method writes a prompt for each
+query of the suite (:mod:`.suites`; optimizers once per round), the judge labels each
+prompt, and the stage writes the judgements, their rates (overall and per suite dimension
+or category), a markdown report and a chart.
 
 Every (query, method, round) stays in ``eval_judgements`` with its status: rows the judge
 could not label are counted, not dropped (see :mod:`.report` for how rates count them).
@@ -26,7 +27,7 @@ from vpo_core.config import ChecksConfig, LLMConfig
 from vpo_core.errors import InputError, StageFailed
 from vpo_core.evaluate.alignment import LOCAL, Judgement, label_prompts
 from vpo_core.evaluate.methods import Method, as_generated
-from vpo_core.evaluate.report import label_chart, report_markdown, results
+from vpo_core.evaluate.report import group_results, label_chart, report_markdown, results
 from vpo_core.tables import (
     atomic_path,
     polars_schema,
@@ -92,9 +93,10 @@ def _fail_if_judge_down(judgements: list[Judgement]) -> None:
 def evaluate(queries: Sequence[Mapping[str, Any]], methods: Mapping[str, Method],
              judge: LLMConfig, rounds: int, out_dir: Path, api_key: str | None = None,
              model_cache: str | None = None, checks: ChecksConfig | None = None,
-             work_root: str | Path | None = None) -> dict[str, Any]:
-    """Judge every method's prompts for ``queries`` ({query_id, query}); optimizer methods
-    run ``rounds`` rounds. Writes ``eval_judgements.parquet``, ``eval_summary.json``,
+             work_root: str | Path | None = None, suite: str = "heldout") -> dict[str, Any]:
+    """Judge every method's prompts for ``queries`` ({query_id, query, optional groups:
+    the suite's dimensions or categories}); optimizer methods run ``rounds`` rounds.
+    Writes ``eval_judgements.parquet``, ``eval_summary.json``,
     ``eval_report.md`` and ``eval_chart.png`` into ``out_dir`` and returns their refs, the
     summary and the report's markdown."""
     start = time.perf_counter()
@@ -110,6 +112,7 @@ def evaluate(queries: Sequence[Mapping[str, Any]], methods: Mapping[str, Method]
     ref = write_table(pl.DataFrame(table, schema=polars_schema("eval_judgements")),
                       out_dir / "eval_judgements.parquet", "eval_judgements")
     df = pl.read_parquet(ref.path)
+    groups = {q["query_id"]: list(q.get("groups") or []) for q in queries}
     summary = {
         "judge": judge.model, "queries": len(queries), "rounds": rounds, "rows": df.height,
         "calls": sum(j.called for j in judgements),
@@ -119,9 +122,11 @@ def evaluate(queries: Sequence[Mapping[str, Any]], methods: Mapping[str, Method]
         "prompt_tokens": int(df["prompt_tokens"].sum()),
         "completion_tokens": int(df["completion_tokens"].sum()),
         "cost": float(df["cost"].sum()), "seconds": round(time.perf_counter() - start, 2),
-        "results": results(df),
+        "results": results(df), "suite": suite,
+        "by_group": group_results(df, groups),
+        "query_groups": groups if any(groups.values()) else None,   # for the video tables
     }
-    summary["video"] = None
+    summary["video"] = summary["video_by_group"] = None   # with_video adds them
     markdown = report_markdown(summary)
     with atomic_path(out_dir / "eval_report.md") as tmp:
         tmp.write_text(markdown, encoding="utf-8")

@@ -9,9 +9,11 @@ official code does (the ``paper`` preset); ``largest-gap`` the widest gap (ties:
 chosen, then rejected, sample index). ``one_per_query=False`` keeps every valid pair.
 Text pairs (refined ≻ original, from the text-feedback stage's ``critiques``) come first;
 with ``one_per_query`` each query keeps one pair and a text pair wins over a video pair
-(official: deduplicated by prompt, text first). ``text_pair_rule: official`` picks one
-refinement per query at random (seeded) among all that parsed and only then drops it if
-it spans several lines or failed a hard check, as ``process_data.py`` does;
+(official: deduplicated by prompt, text first). ``text_pair_rule: official`` first removes the
+refinements whose answer lacks either marker (``[[start]]``, ``[[end]]``, exactly as
+written: a cut-off answer never enters the draw), then picks one per query at random
+(seeded) and only then drops it if it spans several lines or failed a hard check, as
+``process_data.py`` does;
 ``valid-first`` takes the first valid one. ``text_feedback=False`` keeps video pairs only
 (the paper's "w/o TL FDBK" ablation).
 
@@ -34,6 +36,7 @@ import polars as pl
 
 from vpo_core.checks import check_prompt
 from vpo_core.config import ChecksConfig, PairsConfig
+from vpo_core.prompts.parsing import OFFICIAL_END, OFFICIAL_START
 from vpo_core.prompts.templates import optimizer_messages
 from vpo_core.reward.checklist import dominates
 from vpo_core.tables import polars_schema
@@ -130,10 +133,17 @@ def _row(query_id: str, query: str, chosen: str, rejected: str, source: str,
 
 def text_candidates(critiques: pl.DataFrame) -> pl.DataFrame:
     """Every refinement that parsed, as a candidate text pair with its status (``ok``,
-    ``multiline``, ``check:<codes>``)."""
+    ``multiline``, ``check:<codes>``, ``cut-off``) and the refinement answer it came from."""
     return (critiques.filter(pl.col("refined").is_not_null())
-            .select("query_id", "query", "sample_index", chosen="refined", rejected="prompt",
-                    status="refine_status"))
+            .select("query_id", "query", "sample_index", "refinement", chosen="refined",
+                    rejected="prompt", status="refine_status"))
+
+
+def has_both_markers(answer: pl.Expr) -> pl.Expr:
+    """The official filter before the draw: ``answer.count('[[start]]') and
+    answer.count('[[end]]')``."""
+    return (answer.str.contains(OFFICIAL_START, literal=True)
+            & answer.str.contains(OFFICIAL_END, literal=True)).fill_null(False)
 
 
 def choose_text_pairs(text: pl.DataFrame, cfg: PairsConfig, seed: int) -> pl.DataFrame:
@@ -141,6 +151,8 @@ def choose_text_pairs(text: pl.DataFrame, cfg: PairsConfig, seed: int) -> pl.Dat
     if "status" not in text.columns:
         text = text.with_columns(status=pl.lit("ok"))
     if cfg.text_pair_rule == "official" and cfg.one_per_query:
+        if "refinement" in text.columns:
+            text = text.filter(has_both_markers(pl.col("refinement")))
         drawn = text.with_columns(draw=pl.Series([
             hashlib.sha256(f"{seed}:{q}:{i}".encode()).hexdigest()
             for q, i in text.select("query_id", "sample_index").iter_rows()],

@@ -7,10 +7,9 @@ unchanged), the six-rule principle critique and the refinement turn
 (``src/gpt4o_infer.py``), and its system message (``OFFICIAL_SYSTEM_MESSAGE``, which the
 ``paper`` preset sends with every judge call). The official typos are kept on purpose.
 
-Written for this project after the paper (its Figure 7 is not in the official code): the
-few-shot generation template, with the critique's rules (rule 5: ignore sound and format
-requests) and the paper's list of safety issues; and the judge's safety check used by the
-curate stage.
+From the paper, as printed (its Figure 7 is not in the official code): the few-shot
+generation template, kept verbatim in ``vpo_core/data`` (typos included). Written for this
+project: the judge's safety check used by the curate stage.
 
 User queries, and prompts a model wrote, are untrusted data. They are inserted in one
 pass (:func:`render`): braces, ``{query}`` or ``%s`` in them are never expanded, and the
@@ -45,33 +44,11 @@ OFFICIAL_SYSTEM_MESSAGE = (
     "You are ChatGPT, a large language model trained by OpenAI. Follow the user's "
     "instructions carefully to provide accurate and helpful content.")
 
-SAFETY_ISSUES = ("Pornography, Violence, Illegal, Ethics, Bloody, Disturbing, Extreme horror, "
-                 "Bias and Sensitive topics")
-
-FEWSHOT_TEMPLATE = """\
-Please act as an expert in writing prompts for text-to-video models. Your task is to expand the user's short query into a detailed video prompt for creating a short video (around 5 seconds).
-
-Please follow these rules:
-1. The video prompt should avoid any safety issues from the user query (such as """ + SAFETY_ISSUES + """), while keeping the rest of the user's intent.
-2. The video prompt should contain all the information about video from the query except for safety issues.
-3. The video prompt should be descriptive, vivid and clear, in one paragraph of about 100 words, to help generate a high-quality video, and avoid too complicated scenarios.
-4. -xxx(e.g. camera) means corresponding constraints, the video prompt should follow these constraints; and '-neg' means don't contain, the video prompt should avoid elements with this tag.
-5. The video prompt should ignore content in the user query about sound generation and format requirements (video length, ratio, fps etc.).
-6. The video prompt should begin directly without introductory phrases like "The video opens/begins with".
-
-Here are some examples of well-crafted video prompts.
-
-{demonstrations}
-
-Now write the video prompt for this query.
-
-User Query: “{query}”
-
-Output the video prompt between [[start]] and [[end]].
-Video Prompt:"""
-
-DEMONSTRATION = """User Query: “{query}”
-Video Prompt: [[start]] {prompt} [[end]]"""
+# The paper's Figure 7, word for word (vpo_core/data/paper_figure7_few_shot_template.txt):
+# three ``Example N: {}`` slots, each one demonstration video prompt, then ``User Query: {}``.
+# ``{your video prompt}`` in its answer format is part of the text, not a slot.
+FIGURE7_FILE = "paper_figure7_few_shot_template.txt"
+FIGURE7_SLOTS = 4
 
 # The official critique (src/gpt4o_infer.py, get_messages_list_dpo_critique), verbatim.
 CRITIQUE_TEMPLATE = """\
@@ -155,10 +132,25 @@ def optimizer_messages(query: str) -> list[dict[str, str]]:
     return _user(render(OPTIMIZER_INSTRUCTION, query=defuse(query.strip())))
 
 
+@cache
+def figure7_template() -> str:
+    """The few-shot generation template (paper Figure 7), as bundled."""
+    text = (resources.files("vpo_core") / "data" / FIGURE7_FILE).read_text("utf-8")
+    if text.count("{}") != FIGURE7_SLOTS:
+        raise ValueError(f"{FIGURE7_FILE} must hold {FIGURE7_SLOTS} '{{}}' slots")
+    return text
+
+
 def generation_messages(query: str) -> list[dict[str, str]]:
-    """Few-shot generation of a video prompt by the teacher (Figure 7)."""
-    demos = "\n\n".join(render(DEMONSTRATION, **d) for d in demonstrations())
-    return _user(render(FEWSHOT_TEMPLATE, demonstrations=demos, query=defuse(query)))
+    """Few-shot generation of a video prompt by the teacher (Figure 7): the three
+    demonstration prompts, then the query, each filled into its ``{}`` in one pass."""
+    values = [d["prompt"] for d in demonstrations()] + [defuse(query)]
+    parts = figure7_template().split("{}")
+    if len(values) != len(parts) - 1:
+        raise ValueError(f"Figure 7 takes {len(parts) - 2} demonstrations, "
+                         f"demonstrations.json holds {len(values) - 1}")
+    text = parts[0] + "".join(v + rest for v, rest in zip(values, parts[1:], strict=True))
+    return _user(text)
 
 
 def critique_messages(query: str, prompt: str) -> list[dict[str, str]]:

@@ -4,6 +4,8 @@ turning the answers into one score.
 - VPO's score (what the pair builder ranks by): ``Σ w_i·[answer_i = yes]`` over the 64
   answers, with the weights of VPO's ``get_score`` (29 non-zero, the rest 0.0).
 - VisionReward's own score: ``mean(w·(+1 yes / −1 no))`` over its 29 selected questions.
+- The paper's Table 1 columns (:func:`table1_scores`): the same signed terms summed per
+  dimension and over all 29 (see the README's "MonetBench on VisionReward's scale").
 
 Answers come back in two shapes, both read by :func:`parse_answers`: VisionReward's
 QA-format (``{"QA": [{"id": 1, "q": ..., "response": "yes"}, ...]}``, ids 1-based, as VPO's
@@ -28,11 +30,11 @@ from vpo_core.errors import InputError
 
 N_QUESTIONS = 64
 PLACEHOLDER = "[[prompt]]"
-# VisionReward-Video's dimensions that VPO's Table 3 reports, as groups of checklist
-# questions (0-based indices into the 64, in VisionReward_video_qa.txt's order): how the
-# video meets the text; stability of motion, image quality and camera; preservation of
-# the object's shape; physics. A dimension's value is the share of its questions
-# answered yes; "overall" is VisionReward's own score.
+# The dimensions of the paper's Table 1 (MonetBench through VisionReward) as groups of
+# checklist questions (0-based indices into the 64, in VisionReward_video_qa.txt's order,
+# which lists each dimension's questions together): how the video meets the text; the
+# stability of motion, image quality and camera; the preservation of the object's shape;
+# physics. Only VisionReward's 29 selected questions carry weight.
 DIMENSIONS: dict[str, tuple[int, ...]] = {
     "alignment": tuple(range(0, 4)),                       # meets the text's requirements
     "stability": (35, 36, *range(43, 49)),                 # smoothness, image, camera
@@ -110,10 +112,25 @@ def questions(text: str) -> list[str]:
     return [q.text.replace(PLACEHOLDER, flat) for q in checklist()]
 
 
-def dimension_rates(answers: Sequence[bool]) -> dict[str, float]:
-    """Each of :data:`DIMENSIONS`' share of yes answers (one video's 64 answers)."""
-    return {name: sum(bool(answers[i]) for i in idx) / len(idx)
-            for name, idx in DIMENSIONS.items()}
+def signed_terms(answers: Sequence[bool]) -> np.ndarray:
+    """VisionReward's per-question terms ``w_i·(+1 yes / −1 no)`` (``inference-video.py``
+    encodes answers as ±1 and weighs them with ``weight.json``; 0 off its 29 questions)."""
+    return vpo_weights() * np.where(np.array(validate_answers(answers)), 1.0, -1.0)
+
+
+def table1_scores(answers: Sequence[bool], encoding: str = "signed") -> dict[str, float]:
+    """One video's Table 1 columns on VisionReward's scale: each dimension's
+    ``Σ w_i·(±1)`` over its questions, and ``overall`` the same sum over all 29 (the sum
+    ``compare_two_videos`` ranks by; ``score()`` divides it by 29). Ranges: alignment
+    ±2.35, stability ±0.29, preservation ±0.86, physics ±0.83, overall ±6.31.
+    ``encoding="binary"`` sums ``w_i·[yes]`` instead (VPO's ``get_score`` encoding:
+    ranges from 0 to the same maxima), the other candidate of the README's evidence."""
+    if encoding not in ("signed", "binary"):
+        raise ValueError(f"encoding must be 'signed' or 'binary', got {encoding!r}")
+    terms = signed_terms(answers) if encoding == "signed" else \
+        vpo_weights() * np.array(validate_answers(answers), dtype=float)
+    return {**{name: float(terms[list(idx)].sum()) for name, idx in DIMENSIONS.items()},
+            "overall": float(terms.sum())}
 
 
 def validate_answers(answers: Sequence[bool | None] | None,

@@ -72,9 +72,10 @@ def default_responder(messages: list[dict]) -> str:
     last = message_text(messages[-1]["content"])
     digest = int(hashlib.sha256(last.encode()).hexdigest(), 16)
     # the query of the conversation (a refinement turn asks after the critique's message)
-    asked = next((q for m in reversed(messages) if m.get("role") == "user"
-                  for q in re.findall(r"User Query: “(.*?)”", message_text(m["content"]),
-                                      re.S)[-1:]), None)
+    # (quoted in the critique, bare on its own line in Figure 7's generation template)
+    asked = next((q or bare for m in reversed(messages) if m.get("role") == "user"
+                  for q, bare in re.findall(r"User Query: (?:“(.*?)”|([^“\n].*)\n)",
+                                            message_text(m["content"]), re.S)[-1:]), None)
     # what a teacher would depict: the query without its -flags (-ar 16:9, -neg people)
     # and without template words a query may carry (injection attempts)
     topic = re.split(r"\s[-—–]{1,2}[a-z]+\b|final\s+judge?ment|\[",
