@@ -31,7 +31,7 @@ def test_config_show_resolves_presets_and_overrides() -> None:
                                    "--set", "curate.split.eval=7"])
     assert out.exit_code == 0
     cfg = yaml.safe_load(out.output)
-    assert cfg["train_sft"]["learning_rate"] == 2e-6 and cfg["curate"]["split"]["eval"] == 7
+    assert cfg["train_sft"]["trl"]["learning_rate"] == 2e-6 and cfg["curate"]["split"]["eval"] == 7
     bad = CliRunner().invoke(app, ["config", "show", "--set", "curate.split.sft=lots"])
     assert bad.exit_code == 2 and "curate.split.sft" in bad.output
 
