@@ -59,6 +59,8 @@ class LLMRequest:
     messages: list[dict[str, Any]]
     max_tokens: int | None = None
     temperature: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # more sampling parameters (seed,
+                                                          # top_p, ...): sent and keyed
 
 
 @dataclass
@@ -130,7 +132,7 @@ def request_params(cfg: LLMConfig, request: LLMRequest) -> dict[str, Any]:
         "max_tokens": request.max_tokens or cfg.max_tokens}
     if cfg.seed is not None:
         params["seed"] = cfg.seed
-    return params
+    return params | request.params
 
 
 class LLMClient:
