@@ -81,11 +81,11 @@ def check_served_model(api_base: str, served_model: str, model: str,
     return entry
 
 
-def llm_config(cfg: SampleConfig, served_model: str) -> LLMConfig:
+def llm_config(cfg: SampleConfig, served_model: str, api_base: str) -> LLMConfig:
     """The LLM engine's settings for the served policy (the direct HTTP transport: every
     sampling parameter goes out as it is)."""
     s = cfg.server
-    return LLMConfig(model=f"openai/{served_model}", api_base=s.api_base, transport="http",
+    return LLMConfig(model=f"openai/{served_model}", api_base=api_base, transport="http",
                      temperature=cfg.temperature, max_tokens=cfg.max_new_tokens,
                      prompt_max_tokens=None, seed=None, concurrency=s.concurrency,
                      timeout_s=s.timeout_s, max_retries=s.max_retries,
@@ -113,19 +113,24 @@ def _generation(result: LLMResult, max_tokens: int) -> Generation | str:
                       result.completion_tokens, result.prompt_tokens)
 
 
-def served_generator(model: str, cfg: SampleConfig, work_root: str | Path | None = None):
-    """K samples per query from the server at ``cfg.server.api_base``; answers are kept in
-    the call store of ``work_root`` (default: the active work directory)."""
+def served_generator(model: str, cfg: SampleConfig, work_root: str | Path | None = None,
+                     api_base: str | None = None):
+    """K samples per query from the server at ``api_base`` (default
+    ``cfg.server.api_base``: a server the pipeline starts is passed here, so that its
+    address stays out of the shard's cache key); answers are kept in the call store of
+    ``work_root`` (default: the active work directory)."""
     s = cfg.server
-    if not s.api_base:
+    api_base = api_base or s.api_base
+    if not api_base:
         raise ConfigError("sample.server.api_base is not set: start the policy server (its "
                           "command is sample.server.command) and set its URL, e.g. "
                           "http://host:8000/v1")
     name = s.served_model or served_model_name(model)
     key = server_api_key(s)
     if s.check_model:
-        check_served_model(s.api_base, name, model, key)
-    client = LLMClient(llm_config(cfg, name), key, work_root=work_root or active_root())
+        check_served_model(api_base, name, model, key)
+    client = LLMClient(llm_config(cfg, name, api_base), key,
+                       work_root=work_root or active_root())
 
     def generate(queries: Sequence[str], seeds: Sequence[int]) -> list[list[Generation | str]]:
         requests = [LLMRequest(f"{i}:{j}", optimizer_messages(query),
@@ -133,7 +138,7 @@ def served_generator(model: str, cfg: SampleConfig, work_root: str | Path | None
                     for i, (query, seed) in enumerate(zip(queries, seeds, strict=True))
                     for j in range(cfg.k)]
         results = client.run(requests)
-        raise_if_outage(results, f"sample: the policy server {s.api_base}")
+        raise_if_outage(results, f"sample: the policy server {api_base}")
         k = cfg.k
         return [[_generation(r, cfg.max_new_tokens) for r in results[i * k:(i + 1) * k]]
                 for i in range(len(queries))]
