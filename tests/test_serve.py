@@ -404,6 +404,9 @@ def test_a_token_is_required_but_for_health(guarded: str) -> None:
     assert _get(guarded, "/v1/models", KEY)["data"][0]["root"].endswith("tiny-llama")
     status, answer = _post(guarded, "/v1/optimize", {"query": "a cat"}, KEY)
     assert status == 200 and isinstance(answer["prompt"], str)
+    assert http_optimizer(guarded, 60, KEY)("a cat") == answer["prompt"]
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        http_optimizer(guarded, 60)("a cat")
 
 
 def _chunked_post(url: str, path: str, chunks: list[bytes], key: str) -> tuple[int, dict]:

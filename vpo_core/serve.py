@@ -605,15 +605,20 @@ def rewrite(query: str, optimize: Callable[[str], str]) -> Rewrite:
     return Rewrite(query, prompt, True)
 
 
-def http_optimizer(url: str, timeout_s: float = 30.0, **sampling: Any) -> Callable[[str], str]:
-    """A client of ``vpo serve`` at ``url`` (``http://host:port``); ``sampling`` adds
-    fields of the request (temperature, top_p, max_new_tokens, seed). Raises on an HTTP
-    error or a timeout. A prompt cut at the token budget is still used (CogVideoX's text
-    encoder reads its first 226 tokens anyway)."""
+def http_optimizer(url: str, timeout_s: float = 30.0, api_key: str | None = None,
+                   **sampling: Any) -> Callable[[str], str]:
+    """A client of ``vpo serve`` at ``url`` (``http://host:port``); ``api_key`` for a server
+    started with ``--api-key-env``; ``sampling`` adds fields of the request (temperature,
+    top_p, max_new_tokens, seed). Raises on an HTTP error or a timeout. A prompt cut at
+    the token budget is still used (CogVideoX's text encoder reads its first 226 tokens
+    anyway)."""
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+
     def optimize(query: str) -> str:
         body = json.dumps({"query": query, **sampling}).encode()
-        request = urllib.request.Request(f"{url.rstrip('/')}/v1/optimize", body,
-                                         {"Content-Type": "application/json"})
+        request = urllib.request.Request(f"{url.rstrip('/')}/v1/optimize", body, headers)
         with urllib.request.urlopen(request, timeout=timeout_s) as answer:
             return json.loads(answer.read())["prompt"]
     return optimize
