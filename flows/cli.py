@@ -369,32 +369,63 @@ def serve(model: ModelOpt = "latest",
           port: int = 8000, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
           engine: Annotated[str, typer.Option(
               help="auto (vLLM when installed), vllm or transformers.")] = "auto",
+          served_model_name: Annotated[str | None, typer.Option(
+              help="The model's name in /v1/models and answers (default: its path), as "
+              "vllm serve --served-model-name.")] = None,
+          api_key_env: Annotated[str | None, typer.Option(
+              help="Environment variable holding the API key: every route but /health "
+              "then wants 'Authorization: Bearer <key>'.")] = None,
           max_batch: Annotated[int, typer.Option(
-              min=1, help="Most queries in one generate call.")] = 32,
+              min=1, help="Most rows in one generate call.")] = 32,
           wait_ms: Annotated[float, typer.Option(
               min=0.0, help="How long a batch waits for more requests.")] = 10.0,
+          max_queue: Annotated[int, typer.Option(
+              min=1, help="Rows admitted at once (waiting or generating); more: 429 with "
+              "Retry-After.")] = 256,
+          request_timeout_s: Annotated[float, typer.Option(
+              min=0.001, help="A request not answered by then gets 504.")] = 600.0,
           max_new_tokens: Annotated[int, typer.Option(
-              min=1, help="Default and largest new tokens per prompt.")] = 256,
+              min=1, help="Largest token budget a request may ask for.")] = 2048,
+          default_new_tokens: Annotated[int, typer.Option(
+              min=1, help="Token budget of a request that names none.")] = 256,
           max_query_chars: Annotated[int, typer.Option(min=1)] = 2000,
+          max_prompt_chars: Annotated[int, typer.Option(
+              min=1, help="Longest conversation taken as given (all messages).")] = 16_000,
+          max_body_bytes: Annotated[int, typer.Option(
+              min=1, help="Largest request body, chunked or not (413).")] = 1 << 20,
           work_dir: WorkOpt = None) -> None:
     """Serve the optimizer over HTTP: POST /v1/optimize ({"query": …} or {"queries": […]}),
-    OpenAI-compatible POST /v1/chat/completions (the user message is the raw query),
-    GET /health. The instruction is applied server-side; concurrent requests are batched."""
+    OpenAI-compatible POST /v1/chat/completions (the user message is the raw query, or
+    messages that hold their own instruction are used as given), GET /health, GET /metrics
+    (Prometheus). The instruction is applied server-side; concurrent requests are batched."""
     import uvicorn
 
     from vpo_core.serve import Limits, create_app, load_engine
 
     if engine not in ("auto", "vllm", "transformers"):
         raise _fail(f"--engine {engine!r}: expected auto, vllm or transformers")
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise _fail(f"--api-key-env {api_key_env}: that environment variable is not set")
+    if default_new_tokens > max_new_tokens:
+        raise _fail(f"--default-new-tokens {default_new_tokens} is above --max-new-tokens "
+                    f"{max_new_tokens}")
     model = _model_path(model, WorkDir.at(work_dir or "vpo-work"))
     try:
         loaded, name = load_engine(model, engine, device, dtype, max_batch)
     except (OSError, ValueError, ConfigError) as exc:
         raise _fail(f"cannot load the model {model!r}: {exc}") from None
-    app_ = create_app(loaded, name, max_batch=max_batch, wait_ms=wait_ms,
-                      limits=Limits(max_query_chars, max_new_tokens=max_new_tokens))
+    limits = Limits(max_query_chars, max_new_tokens=max_new_tokens,
+                    default_new_tokens=default_new_tokens, max_body_bytes=max_body_bytes,
+                    max_prompt_chars=max_prompt_chars, max_queue=max_queue,
+                    request_timeout_s=request_timeout_s)
+    app_ = create_app(loaded, name, max_batch=max_batch, wait_ms=wait_ms, limits=limits,
+                      api_key=api_key, served_name=served_model_name)
     typer.echo(f"serving {model} ({name}) on http://{host}:{port}: POST /v1/optimize, "
-               "POST /v1/chat/completions, GET /health", err=True)
+               "POST /v1/chat/completions, GET /health, GET /metrics"
+               + (" (API key required)" if api_key else ""), err=True)
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 

@@ -293,12 +293,55 @@ class TrainSftConfig(TrainConfig):
 
 
 
+class PolicyServerConfig(Section):
+    """An OpenAI-compatible server of the policy (``vllm serve``, SGLang, ``vpo serve``)
+    for ``sample.backend: openai-server``: where it answers, what it serves, and the
+    command that starts it for the stage."""
+
+    api_base: str | None = Field(None, description="The server's URL, e.g. "
+                                 "http://host:8000/v1 (set by the step that starts it, or "
+                                 "that of a server you run).")
+    served_model: str | None = Field(None, description="The name the server serves the "
+                                     "policy under (its --served-model-name). Default: "
+                                     "'vpo-policy-' + the first 16 hex digits of the model "
+                                     "folder's content hash, so the call store never hands "
+                                     "a newly trained model an older one's answers.")
+    check_model: bool = Field(True, description="Before sampling, ask the server's "
+                              "/v1/models: it must list served_model, and where it reports "
+                              "the folder it loaded ('root', as vLLM and vpo serve do) that "
+                              "folder must be the trained model's.")
+    api_key_env: str | None = Field(None, description="Environment variable with the "
+                                    "server's API key (vllm serve --api-key, vpo serve "
+                                    "--api-key-env).")
+    concurrency: int = Field(64, ge=1, description="Requests in flight at once (the server "
+                             "batches them).")
+    timeout_s: float = Field(600.0, gt=0, description="Timeout of one attempt (a 2,048-token "
+                             "sample on a busy server takes a while).")
+    max_retries: int = Field(5, ge=0, description="Retries of transient errors (429, 5xx, "
+                             "timeouts) per request.")
+    call_store: str = Field("sqlite", description="Where answers are kept (as "
+                            "judge.call_store): a re-run sends only the requests not yet "
+                            "answered.")
+    command: list[str] = Field(default_factory=list, description="The command that starts "
+                               "the server for the stage, one argument per item; {model}, "
+                               "{served_model}, {host} and {port} are filled in. The first "
+                               "item may be a program of another Python environment "
+                               "(/opt/vllm/bin/vllm).")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables "
+                                "added for the command (no secrets: this section is logged; "
+                                "the command inherits the worker's environment).")
+    health_path: str = Field("/health", description="Route that answers 200 once the "
+                             "server is ready.")
+    start_timeout_s: float = Field(900.0, gt=0, description="Longest wait for the server to "
+                                   "become ready (an 8B model loads in minutes).")
+
+
 class SampleConfig(Section):
     """K prompts per DPO query from the SFT model (§3.2)."""
 
     k: int = Field(4, ge=2, description="Samples per query (paper: 4).")
-    temperature: float = Field(0.9, gt=0)
-    top_p: float = Field(0.9, gt=0, le=1)
+    temperature: float = Field(0.9, gt=0, description="Sampling temperature (paper: 0.9).")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling's top-p (paper: 0.9).")
     repetition_penalty: float = Field(1.3, ge=1.0, description="Penalty on tokens a sample "
                                       "already has (1.0: off, as in the paper; the answer's "
                                       "own tokens only).")
@@ -307,11 +350,16 @@ class SampleConfig(Section):
     max_new_tokens: int = Field(160, ge=1, description="Longest sampled prompt in tokens (the "
                                 "official sampling, src/llama3_infer.py, allows 2048); a "
                                 "sample that hits it is marked cut off, not passed on.")
-    backend: Literal["transformers", "vllm"] = "transformers"
-    shard_size: int = Field(16, ge=1)
+    backend: Literal["transformers", "vllm", "openai-server"] = Field(
+        "transformers", description="'transformers' (in-process), 'vllm' (in-process, needs "
+        "vLLM installed beside the project) or 'openai-server' (requests to a served policy, "
+        "see server).")
+    shard_size: int = Field(16, ge=1, description="DPO queries per cached sample task (one "
+                            "placed run on a GPU worker).")
     batch_size: int = Field(8, ge=1, description="transformers backend: queries per generate "
                             "call (K sequences each); a query's samples are the same in any "
                             "batch. vLLM takes a whole shard at once.")
+    server: PolicyServerConfig = Field(default_factory=PolicyServerConfig)
 
 
 class TextFeedbackConfig(Section):

@@ -218,9 +218,11 @@ class Optimizer:
                       *(eos if isinstance(eos, list) else [eos])} - {None}
 
     def _prompt(self, query: str) -> list[int]:
+        return self._tokens(optimizer_messages(query))
+
+    def _tokens(self, messages: list[dict[str, Any]]) -> list[int]:
         return self.tokenizer.apply_chat_template(
-            optimizer_messages(query), add_generation_prompt=True, tokenize=True,
-            return_dict=True)["input_ids"]
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
 
     def generate(self, queries: Sequence[str], sampling: Sampling,
                  seeds: Sequence[int] | None = None) -> list[Generation]:
@@ -228,9 +230,15 @@ class Optimizer:
         ``generate`` call, rows of similar length together. Greedy at temperature 0;
         otherwise row i samples with ``seeds[i]``, so its prompt does not depend on the
         other rows."""
-        if sampling.temperature > 0 and (seeds is None or len(seeds) != len(queries)):
+        return self.generate_chats([optimizer_messages(q) for q in queries], sampling, seeds)
+
+    def generate_chats(self, conversations: Sequence[list[dict[str, Any]]], sampling: Sampling,
+                       seeds: Sequence[int] | None = None) -> list[Generation]:
+        """:meth:`generate` for chat messages taken as they are (``vpo serve`` answers a
+        caller that sends the instruction itself this way)."""
+        if sampling.temperature > 0 and (seeds is None or len(seeds) != len(conversations)):
             raise ValueError("sampling needs one seed per query")
-        prompts = [self._prompt(q) for q in queries]
+        prompts = [self._tokens(c) for c in conversations]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[Generation | None] = [None] * len(prompts)
         progress = Progress(f"generate {len(prompts)} prompts", len(prompts))
@@ -355,7 +363,7 @@ class VLLMOptimizer:
             _VLLM_ENGINES[model, dtype] = LLM(model=model, dtype=dtype, seed=0)
         self.name, self.llm = model, _VLLM_ENGINES[model, dtype]
 
-    def _chat(self, queries: Sequence[str], sampling: Sampling, n: int,
+    def _chat(self, conversations: Sequence[list[dict[str, Any]]], sampling: Sampling, n: int,
               seeds: Sequence[int] | None) -> list[list[Generation]]:
         from vllm import SamplingParams
 
@@ -363,19 +371,24 @@ class VLLMOptimizer:
                                  max_tokens=sampling.max_new_tokens,
                                  repetition_penalty=sampling.repetition_penalty,
                                  seed=None if seeds is None else seeds[i] % 2**31)
-                  for i in range(len(queries))]
-        outs = self.llm.chat([optimizer_messages(q) for q in queries], params,
-                             use_tqdm=False)
+                  for i in range(len(conversations))]
+        outs = self.llm.chat(list(conversations), params, use_tqdm=False)
         return [[Generation(c.text.strip(), c.finish_reason == "length", len(c.token_ids),
                             len(out.prompt_token_ids)) for c in out.outputs] for out in outs]
 
     def generate(self, queries: Sequence[str], sampling: Sampling,
                  seeds: Sequence[int] | None = None) -> list[Generation]:
         """One prompt per query; greedy at temperature 0."""
+        return self.generate_chats([optimizer_messages(q) for q in queries], sampling, seeds)
+
+    def generate_chats(self, conversations: Sequence[list[dict[str, Any]]], sampling: Sampling,
+                       seeds: Sequence[int] | None = None) -> list[Generation]:
+        """:meth:`generate` for chat messages taken as they are."""
         sampled = sampling.temperature > 0
-        return [g for [g] in self._chat(queries, sampling, 1, seeds if sampled else None)]
+        return [g for [g] in self._chat(conversations, sampling, 1,
+                                        seeds if sampled else None)]
 
     def sample(self, queries: Sequence[str], k: int, sampling: Sampling,
                seeds: Sequence[int]) -> list[list[Generation]]:
         """``k`` prompts per query (``n = k``), query i seeded with ``seeds[i]``."""
-        return self._chat(queries, sampling, k, seeds)
+        return self._chat([optimizer_messages(q) for q in queries], sampling, k, seeds)

@@ -73,6 +73,8 @@ class LLMRequest:
     top_p: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)   # what else a server reads
+                                                          # (repetition_penalty, ...)
 
 
 @dataclass
@@ -150,7 +152,7 @@ def request_params(cfg: LLMConfig, request: LLMRequest) -> dict[str, Any]:
         params["top_p"] = request.top_p
     if request.stop:
         params["stop"] = list(request.stop)
-    return params
+    return params | request.extra
 
 
 def model_identity(cfg: LLMConfig, identity: str | None) -> str | None:

@@ -6,9 +6,11 @@ re-sharded run draws the same samples whatever the batch. The transformers backe
 ``sample.batch_size`` queries (K sequences each) in one ``generate`` call, every sequence
 with its own random stream (:class:`vpo_core.optimizer.Optimizer`); the vLLM backend
 (``sample.backend: vllm``) keeps one engine per worker process and submits a whole shard
-at once. A sample cut at ``max_new_tokens`` is kept with status ``truncated``. When a
-batched call fails, its queries are generated one by one so that only the failing query
-keeps K rows with the error as their status.
+at once; the ``openai-server`` backend (:mod:`vpo_core.sample.served`) sends each sample
+as a request to a served policy. A sample cut at ``max_new_tokens`` is kept with status
+``truncated``. When a batched call fails, its queries are generated one by one so that
+only the failing query keeps K rows with the error as their status (a served sample that
+failed keeps its own error status).
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from typing import Any
 import polars as pl
 
 from vpo_core.config import SampleConfig
-from vpo_core.errors import ConfigError
+from vpo_core.errors import ConfigError, StageFailed, TransientError
 from vpo_core.optimizer import Generation, Optimizer, Sampling, VLLMOptimizer, stable_seed
+from vpo_core.sample.served import served_generator
 from vpo_core.tables import DataRef, concat_tables, polars_schema, write_table
 
-# (queries, their seeds) -> K generations per query
-Generate = Callable[[Sequence[str], Sequence[int]], list[list[Generation]]]
+# (queries, their seeds) -> K generations (or a failed sample's status) per query
+Generate = Callable[[Sequence[str], Sequence[int]], list[list[Generation | str]]]
 
 
 def query_seed(seed: int, query_id: str) -> int:
@@ -60,7 +63,8 @@ def vllm_generator(model: str, cfg: SampleConfig) -> Generate:
 
 
 GENERATORS: dict[str, Callable[[str, SampleConfig], Generate]] = {
-    "transformers": transformers_generator, "vllm": vllm_generator}
+    "transformers": transformers_generator, "vllm": vllm_generator,
+    "openai-server": served_generator}
 
 
 def _status(g: Generation) -> str:
@@ -68,16 +72,19 @@ def _status(g: Generation) -> str:
 
 
 def _generate_all(generate: Generate, queries: list[str], seeds: list[int]
-                  ) -> list[list[Generation] | str]:
+                  ) -> list[list[Generation | str] | str]:
     """Each query's K generations, or the error that stopped it: all queries in one call,
     then one by one if that call fails (one bad query must not cost the others their
-    samples)."""
+    samples). A served policy that is down or refuses every request fails the shard, so
+    that it is retried, not cached with error rows."""
     try:
         return list(generate(queries, seeds))
+    except (TransientError, StageFailed):
+        raise
     except Exception as exc:  # retried one by one below, where the failing query is found
         if len(queries) == 1:
             return [f"error:{type(exc).__name__}"]
-    out: list[list[Generation] | str] = []
+    out: list[list[Generation | str] | str] = []
     for query, seed in zip(queries, seeds, strict=True):
         try:
             out.append(generate([query], [seed])[0])
@@ -96,10 +103,10 @@ def sample_shard(rows: list[dict[str, Any]], model: str, cfg: SampleConfig, seed
     results = _generate_all(generate, [r["query"] for r in rows], seeds)
     out = []
     for row, qseed, result in zip(rows, seeds, results, strict=True):
-        gens: list[Generation | None] = [None] * cfg.k if isinstance(result, str) else result
-        for i, g in enumerate(gens):
-            out.append({**row, "sample_index": i, "prompt": (g.text or None) if g else None,
-                        "status": _status(g) if g else result, "model": model,
+        for i, g in enumerate([result] * cfg.k if isinstance(result, str) else result):
+            ok = isinstance(g, Generation)
+            out.append({**row, "sample_index": i, "prompt": (g.text or None) if ok else None,
+                        "status": _status(g) if ok else g, "model": model,
                         "safety": bool(row.get("safety", False)), "seed": qseed})
     df = pl.DataFrame(out, schema=polars_schema("samples"))
     ref = write_table(df, out_dir / f"samples-{shard:05d}.parquet", "samples")
