@@ -4,10 +4,16 @@ earlier stage exactly once, its outputs passed along."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from vpo_core.config import PipelineConfig, Stage
+from vpo_core.memory import release
+from vpo_core.progress import StageClock
+
+ROUND = (Stage.sample, Stage.text_feedback, Stage.render, Stage.score, Stage.pairs,
+         Stage.train_dpo)
 
 
 class Chain:
@@ -19,6 +25,20 @@ class Chain:
         self.config, self.stop, self.forced = config, stop, forced
         self.refs: dict[str, Any] = {}
         self.outputs: dict[str, Any] = {}
+        self.clock = StageClock([label for _, label in self.plan()])
+
+    def plan(self) -> list[tuple[Stage, str]]:
+        """(stage, label) of every stage this chain runs, in order."""
+        S, rounds = Stage, self.rounds()
+        stages = [(S.curate, "curate"), (S.sft_data, "sft-data"), (S.train_sft, "train-sft")]
+        for it in range(1, rounds + 1):
+            tag = "" if rounds == 1 else f"-iter{it}"
+            stages += [(stage, f"{stage}{tag}") for stage in ROUND]
+        stages.append((S.evaluate, "evaluate"))
+        return [(stage, label) for stage, label in stages if self.due(stage)]
+
+    def rounds(self) -> int:
+        return self.config.iterations if self.stop in (None, Stage.evaluate) else 1
 
     def due(self, stage: Stage) -> bool:
         """False once the stage to stop before is reached."""
@@ -26,10 +46,23 @@ class Chain:
 
     def run(self, stage: Stage, flow_fn: Callable[..., dict], label: str | None = None,
             **inputs: Any) -> dict:
+        label = label or str(stage)
+        self.clock.begin(label)
         out = flow_fn(self.config, force=stage in self.forced, **inputs)
-        self.outputs[label or str(stage)] = out
+        end_of_stage()
+        self.clock.end(label)
+        self.outputs[label] = out
         self.refs.update(out)
         return out
+
+
+def end_of_stage() -> None:
+    """What a stage loaded goes when it ends: the in-process judge (reloaded in under a
+    second by the next stage that calls it), garbage, and the allocator's free memory."""
+    local = sys.modules.get("vpo_core.llm.local")
+    if local is not None:
+        local.unload_models()
+    release()
 
 
 def run_chain(config: PipelineConfig, stop: Stage | None = None,
@@ -57,7 +90,7 @@ def run_chain(config: PipelineConfig, stop: Stage | None = None,
         chain.run(S.train_sft, train_sft_flow, sft_examples=r["sft_examples"])
         r["models"] = ({"base": r["base"]} if config.evaluate.base else {}) | {
             "sft": r["model"]}
-    rounds = config.iterations if stop in (None, S.evaluate) else 1
+    rounds = chain.rounds()
     for it in range(1, rounds + 1):
         tag = "" if rounds == 1 else f"-iter{it}"
         for stage, fn, inputs in (

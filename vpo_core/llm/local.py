@@ -201,3 +201,12 @@ def register_local_provider(cache_root: str | None, batch_size: int = 8,
         {"provider": LOCAL_PROVIDER, "custom_handler": provider}]
     custom_llm_setup()
     return provider
+
+
+def unload_models() -> None:
+    """Drop the loaded model of every registered provider (the end of a stage): the next
+    request loads it again, 0.4 s from the converted folder."""
+    for provider in _PROVIDERS.values():
+        with provider._load_lock:
+            provider._model = None
+        provider._batchers.clear()
