@@ -16,8 +16,10 @@ their effect; load (``/proc/loadavg``) is printed beside, as the machine is shar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -122,11 +124,12 @@ def _env(glibc_default: bool) -> dict[str, str]:
     return env
 
 
-def run(work_dir: Path, glibc_default: bool, quiet: bool) -> tuple[Recorder, float, int]:
+def run(work_dir: Path, glibc_default: bool, quiet: bool, sets: list[str]
+        ) -> tuple[Recorder, float, int]:
     """Run the pipeline, echoing its lines unless ``quiet``; the recorder, the wall time
     and the exit code."""
     cmd = [sys.executable, "-m", "flows.cli", "run", "--config", "cpu-tiny",
-           "--work-dir", str(work_dir)]
+           "--work-dir", str(work_dir), *[f"--set={s}" for s in sets]]
     started = time.monotonic()
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              env=_env(glibc_default), text=True, bufsize=1)
@@ -135,15 +138,21 @@ def run(work_dir: Path, glibc_default: bool, quiet: bool) -> tuple[Recorder, flo
     sampler = threading.Thread(target=rec.sample_forever, args=(stop,), daemon=True)
     sampler.start()
     assert child.stdout is not None
-    for line in child.stdout:
-        if not quiet:
-            sys.stdout.write(line)
-        match = STAGE_LINE.search(line)
-        if match:
-            rec.stage(match.group(1))
-        elif FINISH_LINE.search(line):
-            rec.stage(None)
-    code = child.wait()
+    try:
+        for line in child.stdout:
+            if not quiet:
+                sys.stdout.write(line)
+            match = STAGE_LINE.search(line)
+            if match:
+                rec.stage(match.group(1))
+            elif FINISH_LINE.search(line):
+                rec.stage(None)
+        code = child.wait()
+    finally:   # interrupted: stop the run and what it started (its Prefect server)
+        if child.poll() is None:
+            for pid in _rss_tree(child.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
     wall = time.monotonic() - started
     rec.stage(None)
     stop.set()
@@ -180,13 +189,19 @@ def main() -> None:
     parser.add_argument("--glibc-default", action="store_true",
                         help="run without the vpo command's allocator settings")
     parser.add_argument("--quiet", action="store_true", help="do not echo the run's lines")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="passed to vpo run (a smaller run: not the embedded default, "
+                        "so not comparable with issue 25's figures)")
     args = parser.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="vpo-embedded-"))
     if work.exists() and any(work.iterdir()):
         parser.error(f"{work} is not empty: the benchmark needs a fresh work directory")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # runs run()'s cleanup
     load_before = Path("/proc/loadavg").read_text().split()[:3]
-    rec, wall, code = run(work, args.glibc_default, args.quiet)
+    rec, wall, code = run(work, args.glibc_default, args.quiet, args.set)
     load_after = Path("/proc/loadavg").read_text().split()[:3]
+    if args.set:
+        print(f"\nsettings changed: {' '.join(args.set)}")
     print(report(rec, wall, code, args.glibc_default,
                  f"{' '.join(load_before)} / {' '.join(load_after)}"))
     print(f"work directory: {work}")
