@@ -83,14 +83,19 @@ def _live_models() -> int:
     return sum(isinstance(o, PreTrainedModel) for o in gc.get_objects())
 
 
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> str:
+    from vpo_core.models.bundled import TINY_LLAMA, bundled_model_dir
+
+    return str(bundled_model_dir(tmp_path_factory.mktemp("models"), TINY_LLAMA))
+
+
 @pytest.mark.parametrize("kind", ["sft", "dpo"])
-def test_a_training_run_leaves_no_model_alive(tmp_path: Path, bundled_models: Path,
+def test_a_training_run_leaves_no_model_alive(tmp_path: Path, tiny_llama: str,
                                               kind: str) -> None:
     from vpo_core.config import TrainDpoConfig, TrainSftConfig
-    from vpo_core.models.bundled import TINY_LLAMA, bundled_model_dir
     from vpo_core.training.trainer import TrainSpec, train
 
-    base = str(bundled_model_dir(bundled_models, TINY_LLAMA))
     data = tmp_path / "data.parquet"
     if kind == "sft":
         pl.DataFrame({"query": ["a cat", "a dog"],
@@ -103,6 +108,12 @@ def test_a_training_run_leaves_no_model_alive(tmp_path: Path, bundled_models: Pa
     cfg = (TrainSftConfig if kind == "sft" else TrainDpoConfig)(
         global_batch_size=2, per_device_batch_size=2, max_steps=1, warmup_ratio=0.0)
     before = _live_models()
-    train(TrainSpec(kind, base, str(data), str(tmp_path / "run"), cfg.model_dump(), 64, 0))
+    train(TrainSpec(kind, tiny_llama, str(data), str(tmp_path / "run"), cfg.model_dump(), 1024, 0))
     assert (tmp_path / "run" / "model" / "config.json").is_file()
     assert _live_models() == before
+
+
+def test_make_test_runs_the_suite_with_the_same_settings() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    for key, value in MALLOC_ENV.items():
+        assert f"{key}=$${{{key}:-{value}}}" in makefile
