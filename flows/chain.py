@@ -10,7 +10,7 @@ from typing import Any
 
 from vpo_core.config import PipelineConfig, Stage
 from vpo_core.memory import release
-from vpo_core.progress import StageClock
+from vpo_core.progress import StageClock, expected_seconds
 
 ROUND = (Stage.sample, Stage.text_feedback, Stage.render, Stage.score, Stage.pairs,
          Stage.train_dpo)
@@ -25,7 +25,8 @@ class Chain:
         self.config, self.stop, self.forced = config, stop, forced
         self.refs: dict[str, Any] = {}
         self.outputs: dict[str, Any] = {}
-        self.clock = StageClock([label for _, label in self.plan()])
+        self.clock = StageClock([label for _, label in self.plan()],
+                                expected_seconds(config.preset))
 
     def plan(self) -> list[tuple[Stage, str]]:
         """(stage, label) of every stage this chain runs, in order."""

@@ -117,3 +117,18 @@ def test_make_test_runs_the_suite_with_the_same_settings() -> None:
     makefile = (ROOT / "Makefile").read_text()
     for key, value in MALLOC_ENV.items():
         assert f"{key}=$${{{key}:-{value}}}" in makefile
+
+
+def test_the_judges_batch_shares_its_prefix_and_answers_as_alone(bundled_models: Path
+                                                                 ) -> None:
+    """The in-process judge computes the template the rows share once per batch; each
+    row's greedy answer is the one it gets alone."""
+    from vpo_core.llm.local import LocalChatModel
+    from vpo_core.prompts.templates import generation_messages
+
+    model = LocalChatModel(str(bundled_models))
+    conversations = [generation_messages(q) for q in ("a cat on a roof", "waves", "a red car")]
+    together = model.generate(conversations, 6, 0.0, None, 1.3, 3)
+    alone = [model.generate([c], 6, 0.0, None, 1.3, 3)[0] for c in conversations]
+    assert together == alone
+    assert all(prompt > 500 and made == 6 for _, prompt, made in together)

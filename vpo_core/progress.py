@@ -8,8 +8,11 @@ loop was long enough to need one.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
+from importlib.resources import files
 
 from vpo_core.memory import peak_rss, reset_peak, rss
 
@@ -33,6 +36,13 @@ class Progress:
             eta = "" if finished else f", ETA {(self.total - self.done) / rate:.0f} s"
             log.info("%s: %d/%d done (%.2f/s%s)", self.what, self.done, self.total, rate, eta)
             self.last = now
+
+
+def expected_seconds(preset: str) -> dict[str, float]:
+    """Measured seconds per stage of ``preset`` (vpo_core/data/stage_seconds.json), keyed
+    by stage label; an iteration's label (``sample-iter2``) counts as its stage."""
+    table = json.loads(files("vpo_core.data").joinpath("stage_seconds.json").read_text())
+    return table.get(preset, {})
 
 
 class StageClock:
@@ -68,11 +78,11 @@ class StageClock:
         left = [s for s in self.stages if s not in self.done]
         if not left:
             return ""
-        known = [s for s in self.done if s in self.expected]
-        if all(s in self.expected for s in left) and known:
-            pace = sum(self.done[s] for s in known) / max(
-                sum(self.expected[s] for s in known), 1e-9)
-            seconds = pace * sum(self.expected[s] for s in left)
+        expect = {s: self.expected.get(re.sub(r"-iter\d+$", "", s)) for s in self.stages}
+        known = [s for s in self.done if expect[s]]
+        if all(expect[s] for s in left) and known:
+            pace = sum(self.done[s] for s in known) / sum(expect[s] for s in known)
+            seconds = pace * sum(expect[s] for s in left)
         else:
             seconds = sum(self.done.values()) / len(self.done) * len(left)
         return f", ETA {seconds:.0f} s for {len(left)} more"
