@@ -248,15 +248,18 @@ class TrainConfig(Section):
                                    "all processes (gradient accumulation makes up the rest). "
                                    "SFT: the paper says 64; the official sft.yaml trains 2 per "
                                    "device on 8 GPUs, i.e. 16.")
-    per_device_batch_size: int = Field(4, ge=1)
+    per_device_batch_size: int = Field(1, ge=1, description="Examples per forward pass "
+                                       "(accumulated up to the global batch): on a CPU, "
+                                       "activations, not weights, set the peak memory.")
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     bf16: bool = Field(False, description="bf16 on GPUs; keep False on CPU (18x slower).")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in the "
+                                         "backward pass: the same gradients in less memory.")
     lora: bool = Field(False, description="Train LoRA adapters instead of all weights.")
     lora_r: int = Field(16, ge=1)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
-    save_steps: int = Field(2, ge=1, description="Checkpoint every this many steps; a killed "
+    save_steps: int = Field(5, ge=1, description="Checkpoint every this many steps; a killed "
                             "run resumes from the last checkpoint.")
     keep_checkpoints: bool = Field(False, description="Keep the checkpoints (weights and "
                                    "optimizer state) once the final model is saved.")
@@ -369,7 +372,9 @@ class TrainDpoConfig(TrainConfig):
     global_batch_size: int = Field(4, ge=1, description="Pairs per optimizer step, over all "
                                    "processes (paper: 16).")
     beta: float = Field(0.1, gt=0)
-    precompute_ref_log_probs: bool = False
+    precompute_ref_log_probs: bool = Field(True, description="The reference's log-probs "
+                                           "computed before training, by the policy itself: "
+                                           "no second model in memory.")
 
 
 class EvaluateConfig(Section):

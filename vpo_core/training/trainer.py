@@ -116,6 +116,9 @@ def _arguments(spec: TrainSpec, cfg: TrainSftConfig | TrainDpoConfig) -> dict[st
         adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2,
         bf16=cfg.bf16 and cuda, use_cpu=not cuda,
         gradient_checkpointing=cfg.gradient_checkpointing,
+        # the fused AdamW updates in place: the multi-tensor one makes a model-sized
+        # temporary at each step (DeepSpeed brings its own optimizer)
+        optim="adamw_torch" if cfg.zero_stage else "adamw_torch_fused",
         logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=2, report_to="none", disable_tqdm=True,
         seed=spec.seed, data_seed=spec.seed, max_length=spec.max_length,
