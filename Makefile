@@ -28,9 +28,14 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/vpo run
 
+# glibc's allocator settings of the vpo command (vpo_core/memory.py); a value you set wins
+MALLOC_ENV := MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-1} \
+	MALLOC_MMAP_THRESHOLD_=$${MALLOC_MMAP_THRESHOLD_:-4294967296} \
+	MALLOC_TRIM_THRESHOLD_=$${MALLOC_TRIM_THRESHOLD_:-17179869184}
+
 test: $(STAMP)
 	$(BIN)/ruff check .
-	HF_HUB_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/pytest -q --durations=15
+	$(MALLOC_ENV) HF_HUB_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/pytest -q --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -552,7 +552,11 @@ def config_show(config: ConfigOpt = None, set_: SetOpt = None,
 
 
 def main() -> None:
-    """Entry point of the ``vpo`` script."""
+    """Entry point of the ``vpo`` script: first the allocator settings (a re-exec, once;
+    see vpo_core.memory), then the command."""
+    from vpo_core.memory import reexec_with_allocator
+
+    reexec_with_allocator()
     sys.exit(app())
 
 

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from vpo_core.memory import MALLOC_ENV
 from vpo_core.workdir import WorkDir, prefect_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +29,7 @@ POOLS = {"cpu": None, "gpu": 1}   # pool -> concurrency limit (one model per GPU
 # CPU time in system calls on this project's 2-core VM. One arena that keeps what it
 # frees reuses the pages (benchmarks/README.md, "the allocator"). A worker's flow runs
 # inherit its environment; a value the user set wins.
-WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(1 << 32),
-                     "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
+WORKER_MALLOC_ENV = MALLOC_ENV   # the vpo command's own (vpo_core.memory)
 
 
 def _prefect() -> list[str]:

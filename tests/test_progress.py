@@ -58,3 +58,24 @@ def test_progress_lines_reach_the_flow_run_log() -> None:
         logs = client.read_logs(log_filter=run_filter)
     lines = [log.message.split(" (")[0] for log in logs if log.name == "vpo_core.progress"]
     assert lines == ["demo calls: 1/2 done", "demo calls: 2/2 done"]
+
+
+def test_stage_lines_give_memory_and_an_eta_at_the_pace_so_far(caplog, monkeypatch) -> None:
+    from vpo_core.progress import StageClock, expected_seconds
+
+    clock = iter([0.0, 0.0, 20.0, 20.0, 50.0])
+    monkeypatch.setattr("vpo_core.progress.time.monotonic", lambda: next(clock))
+    caplog.set_level(logging.INFO, logger="vpo_core.progress")
+    stages = StageClock(["curate", "sample-iter1", "evaluate"],
+                        {"curate": 10, "sample": 30, "evaluate": 60})
+    stages.begin("curate")                      # t=0
+    stages.end("curate")                        # t=20: twice as slow as expected
+    stages.begin("sample-iter1")
+    stages.end("sample-iter1")                  # t=50: 30 s, on time -> pace 50/40
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "stage 1/3 curate: started (0 s into the run)"
+    assert lines[1].startswith("stage 1/3 curate: done in 20 s; memory ")
+    assert lines[1].endswith("20 s into the run, ETA 180 s for 2 more")
+    assert lines[3].endswith("50 s into the run, ETA 75 s for 1 more")
+    assert " GB, stage peak " in lines[3]
+    assert set(expected_seconds("cpu-tiny")) >= {"curate", "train-sft", "evaluate"}

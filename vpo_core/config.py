@@ -239,10 +239,13 @@ class SftDataConfig(Section):
 
 
 # trl's own settings in the embedded default; a preset's `trl:` mapping is laid over these.
+# On a CPU activations, not weights, set the peak memory: one example a forward pass
+# (accumulated up to the global batch) and recomputed activations give the same gradients
+# in less memory (benchmarks/README.md, the embedded default).
 TRL_DEFAULTS: dict[str, Any] = {
     "learning_rate": 2e-5, "num_train_epochs": 1, "lr_scheduler_type": "linear",
-    "warmup_steps": 0.0, "per_device_train_batch_size": 4, "adam_beta1": 0.9,
-    "adam_beta2": 0.999, "gradient_checkpointing": False, "max_steps": -1, "save_steps": 2,
+    "warmup_steps": 0.0, "per_device_train_batch_size": 1, "adam_beta1": 0.9,
+    "adam_beta2": 0.999, "gradient_checkpointing": True, "max_steps": -1, "save_steps": 5,
     "save_strategy": "steps", "save_total_limit": 2, "logging_steps": 1, "report_to": "none",
     "disable_tqdm": True, "dataloader_num_workers": 0}
 
@@ -435,7 +438,7 @@ class TrainDpoConfig(TrainConfig):
 
     _trl_defaults: ClassVar[dict[str, Any]] = {
         **TRL_DEFAULTS, "learning_rate": 5e-6, "beta": 0.1, "loss_type": ["sigmoid"],
-        "precompute_ref_log_probs": False}
+        "precompute_ref_log_probs": True}   # the policy computes them first: no second model
 
     global_batch_size: int = Field(4, ge=1, description="Pairs per optimizer step, over all "
                                    "processes (paper: 16).")

@@ -23,6 +23,17 @@ from vpo_core.models.bundled import BUNDLED_NAME, bundled_model_dir, gguf_file
 
 LOCAL_PROVIDER = "local"
 _WAIT_S = 0.02
+_MIN_SHARED = 16   # tokens: a shorter common prefix is not worth its own forward pass
+
+
+def _common_length(rows: list[list[int]]) -> int:
+    """Length of the prefix every row shares."""
+    n = 0
+    for column in zip(*rows, strict=False):
+        if any(t != column[0] for t in column):
+            break
+        n += 1
+    return n
 
 
 class LocalChatModel:
@@ -51,34 +62,51 @@ class LocalChatModel:
         """(text, prompt tokens, completion tokens) per conversation; the repetition
         control counts each answer's own tokens (see vpo_core.optimizer)."""
         import torch
-        from transformers import LogitsProcessorList
+        from transformers import DynamicCache, LogitsProcessorList
 
         from vpo_core.optimizer import repetition_control
 
         tok = self.tokenizer
-        texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-                 for c in conversations]
-        batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True,
+                                           return_dict=True)["input_ids"]
+                   for c in conversations]
+        # The judge's templates put the same long instructions and examples before each
+        # row's text: that prefix is computed once and shared (padding goes after it).
+        n = min(_common_length(prompts), min(map(len, prompts)) - 1)
+        shared = prompts[0][:n] if len(prompts) > 1 and n >= _MIN_SHARED else []
+        rests = [p[len(shared):] for p in prompts]
+        width = max(map(len, rests))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        ids = torch.tensor([shared + [pad] * (width - len(r)) + r for r in rests])
+        mask = torch.tensor([[1] * len(shared) + [0] * (width - len(r)) + [1] * len(r)
+                             for r in rests])
         sample = temperature > 0
         processors = LogitsProcessorList()
         if repetition_penalty != 1.0 or no_repeat_ngram_size:
             processors.append(repetition_control(
-                batch["input_ids"].shape[1], repetition_penalty, no_repeat_ngram_size,
+                ids.shape[1], repetition_penalty, no_repeat_ngram_size,
                 {tok.eos_token_id, tok.pad_token_id}))
         with self.lock, torch.inference_mode():
+            cache = None
+            if shared:
+                cache = DynamicCache(config=self.model.config)
+                self.model(input_ids=torch.tensor([shared]), past_key_values=cache,
+                           use_cache=True, logits_to_keep=1)
+                cache.batch_repeat_interleave(len(prompts))
             if sample and seed is not None:
                 torch.manual_seed(seed)
             out = self.model.generate(
-                **batch, max_new_tokens=max_new_tokens, do_sample=sample,
+                input_ids=ids, attention_mask=mask, past_key_values=cache,
+                max_new_tokens=max_new_tokens, do_sample=sample,
                 temperature=temperature if sample else None, top_p=None, top_k=None,
-                logits_processor=processors, pad_token_id=tok.pad_token_id or tok.eos_token_id)
-        new = out[:, batch["input_ids"].shape[1]:]
+                logits_processor=processors, pad_token_id=pad)
+        new = out[:, ids.shape[1]:]
         results = []
-        for row, mask in zip(new, batch["attention_mask"], strict=True):
+        for row, prompt in zip(new, prompts, strict=True):
             ends = (row == tok.eos_token_id).nonzero()
             length = int(ends[0]) if len(ends) else len(row)
             results.append((tok.decode(row[:length], skip_special_tokens=True).strip(),
-                            int(mask.sum()), length))
+                            len(prompt), length))
         return results
 
 
@@ -201,3 +229,12 @@ def register_local_provider(cache_root: str | None, batch_size: int = 8,
         {"provider": LOCAL_PROVIDER, "custom_handler": provider}]
     custom_llm_setup()
     return provider
+
+
+def unload_models() -> None:
+    """Drop the loaded model of every registered provider (the end of a stage): the next
+    request loads it again, 0.4 s from the converted folder."""
+    for provider in _PROVIDERS.values():
+        with provider._load_lock:
+            provider._model = None
+        provider._batchers.clear()

@@ -50,7 +50,10 @@ def arguments(kind: str, cfg: TrainConfig, output_dir: str, seed: int, max_lengt
     """The keyword arguments of trl's config for one run (checked first)."""
     check_fields(kind, cfg, f"train_{kind}")
     per_device = cfg.trl.get("per_device_train_batch_size", 8)
-    return {**cfg.trl, "output_dir": output_dir,
+    # the fused AdamW updates in place (the multi-tensor one makes a model-sized temporary
+    # each step); DeepSpeed brings its own optimizer
+    optim = "adamw_torch" if cfg.zero_stage else "adamw_torch_fused"
+    return {"optim": optim, **cfg.trl, "output_dir": output_dir,
             "gradient_accumulation_steps": max(1, cfg.global_batch_size // (per_device * world)),
             "bf16": cfg.bf16 and cuda, "use_cpu": not cuda, "seed": seed, "data_seed": seed,
             "max_length": max_length}
