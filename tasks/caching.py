@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import Task, get_run_logger, task
-from prefect.cache_policies import TASK_SOURCE, CachePolicy
+from prefect.cache_policies import TASK_SOURCE, CachePolicy, TaskSource
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 from prefect.utilities.hashing import hash_objects
@@ -102,6 +102,19 @@ class CodeVersion(CachePolicy):
 
 # Library modules every stage depends on: the data contract and its helpers.
 COMMON_MODULES = ("vpo_core.schemas", "vpo_core.tables", "vpo_core.config")
+
+
+def step_code_version(step: Task) -> str:
+    """The version of the code a step runs: its task body and the library modules and data
+    files of its :class:`CodeVersion` (what its cache key holds of code). A parent and a
+    worker that disagree on it would not find each other's results."""
+    from types import SimpleNamespace
+
+    ctx = SimpleNamespace(task=step)
+    policies = getattr(step.cache_policy, "policies", [step.cache_policy])
+    parts = [p.compute_key(task_ctx=ctx, inputs={}, flow_parameters={}) or ""
+             for p in policies if isinstance(p, CodeVersion | TaskSource)]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 def retry_transient(task: Task, task_run: Any, state: Any) -> bool:
