@@ -448,7 +448,11 @@ app.add_typer(ui_app, name="ui")
 
 @ui_app.command("up")
 def ui_up(work_dir: WorkOpt = None, port: int = 4200,
-          workers: Annotated[bool, typer.Option(help="Start a worker per pool.")] = True
+          workers: Annotated[bool, typer.Option(help="Start a worker per pool.")] = True,
+          gpus: Annotated[int, typer.Option(
+              "--gpus", min=0, help="GPUs of this host: one gpu worker pinned to each "
+              "(CUDA_VISIBLE_DEVICES) and a gpu-all worker for multi-GPU training, sharing "
+              "them through a global concurrency limit. 0: one unpinned gpu worker.")] = 0
           ) -> None:
     """Start a Prefect server on 127.0.0.1, create the cpu and gpu pools, deploy every flow
     of prefect.yaml and start the workers; print the UI address."""
@@ -456,7 +460,7 @@ def ui_up(work_dir: WorkOpt = None, port: int = 4200,
 
     work = WorkDir.at(work_dir or "vpo-work")
     try:
-        state = up(work, port, workers)
+        state = up(work, port, workers, gpus=gpus)
     except RuntimeError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
@@ -495,7 +499,10 @@ def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
 
 def main() -> None:
-    """Entry point of the ``vpo`` script."""
+    """Entry point of the ``vpo`` script: Ctrl-C and SIGTERM stop it promptly."""
+    from flows.stop import install
+
+    install()
     sys.exit(app())
 
 
