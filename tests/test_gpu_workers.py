@@ -327,8 +327,8 @@ def _tiny_run(tmp: Path, api_base: str) -> Path:
     src.write_text(json.dumps(bundled_queries()[:200]))
     data = {"extends": "cpu-tiny", "work_dir": str(tmp / "work"),
             "judge": {"model": "openai/fake-judge", "api_base": api_base, "timeout_s": 10.0,
-                      "retry_base_s": 0.01, "parse_mode": "strict"},
-            "curate": {"input": str(src), "split": {"sft": 6, "dpo": 2, "eval": 2},
+                      "retry_base_s": 0.01, "parse_mode": "strict", "concurrency": 1},
+            "curate": {"input": str(src), "split": {"sft": 4, "dpo": 2, "eval": 2},
                        "safety": {"llm_recheck": False}},
             "sft_data": {"shard_size": 1}}
     path = tmp / "tiny.yaml"
@@ -345,7 +345,7 @@ def test_sigterm_stops_vpo_run_and_the_same_config_resumes(tmp_path: Path) -> No
     from vpo_core.testing.openai_server import FakeOpenAI, ServerThread
 
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    with ServerThread(FakeOpenAI(latency=1.0)) as judge:          # each answer takes 1 s
+    with ServerThread(FakeOpenAI(latency=1.0)) as judge:   # 1 s an answer, one at a time
         config = _tiny_run(tmp_path, judge.api_base)
         proc = subprocess.Popen(_vpo("run", "--config", str(config)), cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
