@@ -205,10 +205,10 @@ def train_and_render(work_dir: str, limit: str) -> tuple[Any, list[Any], float]:
     work = activate(work_dir)
     data = ref_for(_sft_examples(work.root / "sft_examples.parquet"), "sft_examples")
     base = ref_for_dir(resolve_model("bundled:tiny-llama", work.models))
-    train = TrainSftConfig(max_steps=40, global_batch_size=2, per_device_batch_size=2,
-                           epochs=40, warmup_ratio=0.0)
+    train = TrainSftConfig(max_steps=4, global_batch_size=2, per_device_batch_size=2,
+                           epochs=2, warmup_ratio=0.0)
     task, params = _call(training.train_sft, work, False, "train-sft",
-                         {"data": data, "base": base, "train": train, "max_length": 128,
+                         {"data": data, "base": base, "train": train, "max_length": 512,
                           "seed": 0}, Where(ALL_GPUS_POOL))
     trained = task.submit(**params)
     with get_client(sync_client=True) as client:
@@ -227,7 +227,7 @@ def test_a_training_step_holds_every_slot_while_shards_wait(host) -> None:
     work, state = host
     start = datetime.now().astimezone()
     trained, shards, sent = train_and_render(str(work.root), state["gpu_limit"])
-    assert trained["metrics"]["steps"] == 40 and [s["videos"].rows for s in shards] == [1, 1]
+    assert trained["metrics"]["steps"] == 4 and [s["videos"].rows for s in shards] == [1, 1]
     [train] = _logged(lambda: _step_runs("train-sft", start), 1)
     assert (train["devices"], train["slots"]) == ("0,1", 2)
     holds = _logged(lambda: _step_runs("render", start), 2)
@@ -371,3 +371,15 @@ def test_sigterm_stops_vpo_run_and_the_same_config_resumes(tmp_path: Path) -> No
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert first.stat().st_mtime_ns == mtime                    # finished shard not redone
     assert next((tmp_path / "work" / "data").rglob("sft_examples.parquet"))
+
+
+def test_the_gpu_all_deployment_file_is_what_prefect_deploys() -> None:
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    from flows.step import step_flow
+    from flows.ui import ALL_GPUS_FILE
+
+    [deployment] = PrefectYamlModel.model_validate(
+        yaml.safe_load(ALL_GPUS_FILE.read_text())).deployments
+    assert deployment.work_pool.name == deployment.name == ALL_GPUS_POOL
+    assert deployment.entrypoint == "flows/step.py:step_flow" and step_flow.name == "vpo-step"
