@@ -15,6 +15,7 @@ at once. Each run carries the parent's code version of the step, which the worke
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -101,15 +102,23 @@ def infrastructure_failure(state: Any) -> bool:
                                      for m in INFRASTRUCTURE_MARKERS)
 
 
+# Prefect's wait follows the run's state events; it reads the run again at least this
+# often (a crash reported while the events' websocket was down was never seen: the
+# parent waited on a Crashed run).
+RECHECK_S = 30
+
+
 def _wait(run: Any, stage: str, name: str, pool: str, deadline_s: float) -> Any:
     """The run in a final state; cancelled, and its stage failed, past the deadline."""
-    try:
-        return run_coro_as_sync(wait_for_flow_run(run.id, timeout=int(deadline_s)))
-    except FlowRunWaitTimeout:
-        with get_client(sync_client=True) as client:
-            client.set_flow_run_state(run.id, Cancelling(message="deadline passed"), force=True)
-        raise StageFailed(f"{stage}: run {run.name} of {name} on pool {pool!r} did not finish "
-                          f"within placement.deadline_s={deadline_s:.0f} s; cancelled") from None
+    deadline = time.monotonic() + deadline_s
+    while (left := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(FlowRunWaitTimeout):
+            return run_coro_as_sync(wait_for_flow_run(run.id, timeout=max(1, int(min(
+                left, RECHECK_S)))))
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run.id, Cancelling(message="deadline passed"), force=True)
+    raise StageFailed(f"{stage}: run {run.name} of {name} on pool {pool!r} did not finish "
+                      f"within placement.deadline_s={deadline_s:.0f} s; cancelled")
 
 
 @task(name="vpo-step-dispatch", cache_key_fn=_dispatch_key, persist_result=True,

@@ -258,7 +258,7 @@ def background():
 
     yield start
     for thread in threads:
-        thread.join(timeout=600)
+        thread.join(timeout=60)
 
 
 def _kill_when_held(start: datetime) -> str:
