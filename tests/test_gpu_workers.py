@@ -141,9 +141,11 @@ def _holds(run_id: Any) -> dict[str, Any]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+    logs: list = []
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(
-            flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        while page := client.read_logs(log_filter=LogFilter(        # a training run logs
+                flow_run_id=LogFilterFlowRunId(any_=[run_id])), offset=len(logs)):  # pages
+            logs += page
     out: dict[str, Any] = {}
     for log in logs:
         if m := re.search(r"CUDA_VISIBLE_DEVICES=([\d,]+)", log.message):
