@@ -496,14 +496,19 @@ def ui_up(work_dir: WorkOpt = None, port: int = 4200,
           database: Annotated[str | None, typer.Option(
               "--database", help="The server's database: postgresql+asyncpg://USER@HOST:PORT/"
               "DB (password from PGPASSWORD), instead of SQLite in the work directory.")]
-          = None) -> None:
+          = None,
+          gpus: Annotated[int, typer.Option(
+              "--gpus", min=0, help="GPUs of this host: one gpu worker pinned to each "
+              "(CUDA_VISIBLE_DEVICES) and a gpu-all worker for multi-GPU training, sharing "
+              "them through a global concurrency limit. 0: one unpinned gpu worker.")] = 0
+          ) -> None:
     """Start a Prefect server on 127.0.0.1, create the cpu and gpu pools, deploy every flow
     of prefect.yaml and start the workers; print the UI address."""
     from flows.ui import up
 
     work = WorkDir.at(work_dir or "vpo-work")
     try:
-        state = up(work, port, workers, database=database)
+        state = up(work, port, workers, database=database, gpus=gpus)
     except (RuntimeError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
@@ -553,10 +558,12 @@ def config_show(config: ConfigOpt = None, set_: SetOpt = None,
 
 def main() -> None:
     """Entry point of the ``vpo`` script: first the allocator settings (a re-exec, once;
-    see vpo_core.memory), then the command."""
+    see vpo_core.memory), then the command; Ctrl-C and SIGTERM stop it promptly."""
+    from flows.stop import install
     from vpo_core.memory import reexec_with_allocator
 
     reexec_with_allocator()
+    install()
     sys.exit(app())
 
 

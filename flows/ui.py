@@ -2,6 +2,13 @@
 and ``gpu`` process work pools, every deployment of ``prefect.yaml``, and one worker per
 pool, all started in the background; ``down`` stops exactly what ``up`` started.
 
+``up(gpus=N)`` is a host with N GPUs: N ``gpu`` workers, worker i pinned to device i
+(``CUDA_VISIBLE_DEVICES=i``), and one ``gpu-all`` worker that sees all N (training with
+accelerate + ZeRO-3: ``placement.train_sft: gpu-all``). They share the devices through a
+Prefect global concurrency limit of N slots that each step holds per device it sees
+(:func:`flows.step.gpu_slots`): a training step waits for every device, shards take the
+free ones.
+
 State (pids, address, database, log files) is kept in ``<work_dir>/ui/state.json``. The
 server's database lives in the work directory's PREFECT_HOME (SQLite), or in PostgreSQL
 with ``--database``, so flow runs, artifacts and logs survive a restart.
@@ -12,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +32,8 @@ from vpo_core.workdir import WorkDir, prefect_env
 
 ROOT = Path(__file__).resolve().parents[1]
 POOLS = {"cpu": None, "gpu": 1}   # pool -> concurrency limit (one model per GPU worker)
+ALL_GPUS_POOL = "gpu-all"         # up(gpus=N): one worker that sees every device
+ALL_GPUS_FILE = ROOT / "deployments" / "gpu-all.yaml"
 # glibc gives every tensor over 32 MB (a batch's logits) its own mmap and unmaps it when
 # freed, so a CPU step faults its pages in again at each use: 40% of a training step's
 # CPU time in system calls on this project's 2-core VM. One arena that keeps what it
@@ -98,11 +108,53 @@ def _run(args: list[str], env: dict[str, str], log: Path) -> None:
         raise RuntimeError(f"{' '.join(args[2:])} exited with {code}; see {log}:\n{tail}")
 
 
+def gpu_limit_name() -> str:
+    """The host's GPU limit: one per machine, as the devices are the machine's."""
+    return f"gpus-{socket.gethostname()}"
+
+
+def _set_gpu_limit(api: str, name: str, slots: int) -> None:
+    """Create the global concurrency limit ``name`` with ``slots`` slots, or resize it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import (
+        GlobalConcurrencyLimitCreate,
+        GlobalConcurrencyLimitUpdate,
+    )
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=name, limit=slots))
+        else:
+            client.update_global_concurrency_limit(
+                name, GlobalConcurrencyLimitUpdate(limit=slots, active=True))
+
+
+def worker_plan(gpus: int, limit: str) -> dict[str, tuple[str, dict[str, str]]]:
+    """The workers to start: name -> (pool, extra environment). ``gpus`` 0 is a machine
+    without GPUs: one unpinned ``gpu`` worker, no limit."""
+    if gpus <= 0:
+        return {f"worker-{pool}": (pool, {}) for pool in POOLS}
+    shared = {"VPO_GPU_LIMIT": limit}
+    plan = {"worker-cpu": ("cpu", {})}
+    plan |= {f"worker-gpu-{i}": ("gpu", {**shared, "CUDA_VISIBLE_DEVICES": str(i)})
+             for i in range(gpus)}
+    plan[f"worker-{ALL_GPUS_POOL}"] = (ALL_GPUS_POOL, {
+        **shared, "CUDA_VISIBLE_DEVICES": ",".join(map(str, range(gpus)))})
+    return plan
+
+
 def up(work: WorkDir, port: int = 4200, workers: bool = True,
-       timeout_s: float = 120.0, database: str | None = None) -> dict[str, Any]:
-    """Start server, pools, deployments and workers; return the state written, once every
-    pool has an online worker (a placed run started earlier fails preflight). The server
-    keeps its runs in ``database`` (PostgreSQL) when given."""
+       timeout_s: float = 120.0, database: str | None = None, gpus: int = 0
+       ) -> dict[str, Any]:
+    """Start server, pools, deployments and workers (``gpus`` > 0: one pinned ``gpu``
+    worker per device and a ``gpu-all`` worker, sharing the host's GPU limit); return the
+    state written, once every worker is online (a placed run started earlier fails
+    preflight). The server keeps its runs in ``database`` (PostgreSQL) when given."""
     state_file = _state_file(work)
     if state_file.exists() and status(work)["server"]:
         return json.loads(state_file.read_text())
@@ -113,7 +165,8 @@ def up(work: WorkDir, port: int = 4200, workers: bool = True,
     api = env["PREFECT_API_URL"]
     state: dict[str, Any] = {"url": f"http://127.0.0.1:{port}", "api": api, "pids": {},
                              "database": env.get("PREFECT_API_DATABASE_CONNECTION_URL",
-                                                 "sqlite")}
+                                                 "sqlite"),
+                             "gpus": gpus, "gpu_limit": gpu_limit_name() if gpus else None}
     state["pids"]["server"] = _spawn([*_prefect(), "server", "start"], env,
                                      logs / "server.log")
     state_file.write_text(json.dumps(state, indent=2))
@@ -124,36 +177,46 @@ def up(work: WorkDir, port: int = 4200, workers: bool = True,
             raise RuntimeError(f"the Prefect server did not answer on {api} within "
                                f"{timeout_s:.0f} s; see {logs / 'server.log'}")
         time.sleep(0.5)
-    for pool, limit in POOLS.items():
+    pools = dict(POOLS) | ({"gpu": gpus, ALL_GPUS_POOL: 1} if gpus else {})
+    for pool, limit in pools.items():
         _run([*_prefect(), "work-pool", "create", pool, "--type", "process", "--overwrite"],
              env, logs / "setup.log")
         if limit:
             _run([*_prefect(), "work-pool", "set-concurrency-limit", pool, str(limit)], env,
                  logs / "setup.log")
     _run([*_prefect(), "--no-prompt", "deploy", "--all"], env, logs / "setup.log")
+    if gpus:
+        _set_gpu_limit(api, state["gpu_limit"], gpus)
+        _run([*_prefect(), "--no-prompt", "deploy", "--all", "--prefect-file",
+              str(ALL_GPUS_FILE)], env, logs / "setup.log")
+    plan = worker_plan(gpus, state["gpu_limit"])
     if workers:
-        worker_env = {**WORKER_MALLOC_ENV, **env}
-        for pool in POOLS:
-            state["pids"][f"worker-{pool}"] = _spawn(
-                [*_prefect(), "worker", "start", "--pool", pool], worker_env,
-                logs / f"worker-{pool}.log")
+        for name, (pool, extra) in plan.items():
+            args = [*_prefect(), "worker", "start", "--pool", pool]
+            if gpus:            # one run at a time: the worker's device(s) are its model's
+                args += ["--limit", "1", "--name", name.removeprefix("worker-")]
+            state["pids"][name] = _spawn(args, {**WORKER_MALLOC_ENV, **env, **extra},
+                                         logs / f"{name}.log")
     state_file.write_text(json.dumps(state, indent=2))
     if workers:
-        _wait_for_workers(work, api, time.monotonic() + timeout_s, logs)
+        expected = {pool: sum(p == pool for p, _ in plan.values()) for pool, _ in
+                    plan.values()}
+        _wait_for_workers(work, api, expected, time.monotonic() + timeout_s, logs)
     return state
 
 
-def _wait_for_workers(work: WorkDir, api: str, deadline: float, logs: Path) -> None:
+def _wait_for_workers(work: WorkDir, api: str, expected: dict[str, int], deadline: float,
+                      logs: Path) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from tasks.preflight import inspect_pool
 
     with temporary_settings({PREFECT_API_URL: api}):
-        while not all(inspect_pool(pool).online_workers for pool in POOLS):
+        while not all(inspect_pool(pool).online_workers >= n for pool, n in expected.items()):
             if time.monotonic() > deadline:
                 down(work)
-                raise RuntimeError("the workers did not come online; see "
-                                   f"{', '.join(str(logs / f'worker-{p}.log') for p in POOLS)}")
+                raise RuntimeError(f"the workers did not come online; see the worker-*.log "
+                                   f"files in {logs}")
             time.sleep(0.5)
 
 

@@ -12,7 +12,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.caching import stage_task
+from tasks.caching import stage_task, step_code_version
 from tasks.pools import kubernetes_pool
 from tasks.runner import STEP_DEPLOYMENT
 from vpo_core.config import PipelineConfig
@@ -82,7 +82,8 @@ def probe_pool(pool: str, work: Path, timeout_s: float) -> ProbeResult:
                              flow_run_name=f"{PROBE_STEP}-{token[:8]}",
                              parameters={"step": PROBE_STEP, "stage": "preflight",
                                          "kwargs": {"token": token}, "work_dir": str(work),
-                                         "force": True})
+                                         "force": True,
+                                         "code_version": step_code_version(probe_step)})
         if run.state is None or not run.state.is_final():
             with get_client(sync_client=True) as client:
                 client.set_flow_run_state(run.id, Cancelling(message="preflight gave up"),

@@ -7,11 +7,15 @@ parent and the worker share one cache key. A parent that finds the key in the re
 store (the work directory, shared storage) makes no run at all; otherwise it submits the
 run, waits with Prefect's own helper, and reads the worker's result from the store.
 Runs are submitted with an idempotency key, so a parent killed while its runs were in
-flight re-attaches to them when resumed instead of starting them again.
+flight re-attaches to them when resumed instead of starting them again. A run that
+crashes (its process or worker lost, killed, out of memory) is submitted again under the
+next key, up to ``placement.retries`` times; one that fails on its input fails its stage
+at once. Each run carries the parent's code version of the step, which the worker checks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +38,14 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic_core import to_jsonable_python
 
 from tasks.artifacts import publish_stage, stats_markdown
-from tasks.caching import STEPS, refs_in, run_cached, stage_out_dir, step_key
+from tasks.caching import (
+    STEPS,
+    refs_in,
+    run_cached,
+    stage_out_dir,
+    step_code_version,
+    step_key,
+)
 from vpo_core.config import PlacementConfig
 from vpo_core.errors import StageFailed
 from vpo_core.job_variables import step_job_variables
@@ -52,11 +63,13 @@ class Where:
     pool: str | None = None
     parallel: int = 1
     deadline_s: float = 86400.0
+    retries: int = 0
 
     @classmethod
     def of(cls, placement: PlacementConfig, stage: str, parallel: int = 1) -> Where:
         pool = getattr(placement, stage.replace("-", "_"))
-        return cls(pool, placement.max_in_flight if pool else parallel, placement.deadline_s)
+        return cls(pool, placement.max_in_flight if pool else parallel, placement.deadline_s,
+                   placement.retries)
 
 
 def _dispatch_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -81,26 +94,59 @@ def _submit(name: str, params: dict[str, Any], key: str, force: bool) -> Any:
         attempt += 1
 
 
+# Failures of a step run that say nothing about its input: a new run may succeed.
+INFRASTRUCTURE_MARKERS = ("OutOfMemoryError", "CUDA out of memory")
+
+
+def infrastructure_failure(state: Any) -> bool:
+    """A Crashed run (process killed, worker or pod lost, never scheduled) or one that ran
+    out of device memory: worth a new run elsewhere, unlike a step failing on its input."""
+    return state.is_crashed() or any(m in (state.message or "")
+                                     for m in INFRASTRUCTURE_MARKERS)
+
+
+# Prefect's wait follows the run's state events; it reads the run again at least this
+# often (a crash reported while the events' websocket was down was never seen: the
+# parent waited on a Crashed run).
+RECHECK_S = 30
+
+
+def _wait(run: Any, stage: str, name: str, pool: str, deadline_s: float) -> Any:
+    """The run in a final state; cancelled, and its stage failed, past the deadline."""
+    deadline = time.monotonic() + deadline_s
+    while (left := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(FlowRunWaitTimeout):
+            return run_coro_as_sync(wait_for_flow_run(run.id, timeout=max(1, int(min(
+                left, RECHECK_S)))))
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run.id, Cancelling(message="deadline passed"), force=True)
+    raise StageFailed(f"{stage}: run {run.name} of {name} on pool {pool!r} did not finish "
+                      f"within placement.deadline_s={deadline_s:.0f} s; cancelled")
+
+
 @task(name="vpo-step-dispatch", cache_key_fn=_dispatch_key, persist_result=True,
       result_serializer="json")
 def dispatch(step: str, stage: str, kwargs: dict[str, Any], pool: str, work_dir: str,
-             force: bool, deadline_s: float) -> Any:
-    """Run one step on ``pool`` and return the result its worker stored."""
+             force: bool, deadline_s: float, retries: int = 0) -> Any:
+    """Run one step on ``pool`` (again after a crash, up to ``retries`` times) and return
+    the result its worker stored."""
     name = STEP_DEPLOYMENT.format(pool=pool)
     key = step_key(STEPS[step], kwargs)
     params = {"step": step, "stage": stage, "kwargs": to_jsonable_python(kwargs),
-              "work_dir": work_dir, "force": force}
-    run = _submit(name, params, key, force)
-    try:
-        run = run_coro_as_sync(wait_for_flow_run(run.id, timeout=int(deadline_s)))
-    except FlowRunWaitTimeout:
-        with get_client(sync_client=True) as client:
-            client.set_flow_run_state(run.id, Cancelling(message="deadline passed"), force=True)
-        raise StageFailed(f"{stage}: run {run.name} of {name} on pool {pool!r} did not finish "
-                          f"within placement.deadline_s={deadline_s:.0f} s; cancelled") from None
-    if not run.state.is_completed():
-        raise StageFailed(f"{stage}: run {run.name} of {name} on pool {pool!r} ended "
-                          f"{run.state.name}: {run.state.message}")
+              "work_dir": work_dir, "force": force,
+              "code_version": step_code_version(STEPS[step])}
+    crashed: list[str] = []
+    while True:
+        run = _wait(_submit(name, params, key, force), stage, name, pool, deadline_s)
+        if run.state.is_completed():
+            break
+        ended = f"run {run.name} of {name} on pool {pool!r} ended {run.state.name}"
+        if not infrastructure_failure(run.state) or len(crashed) >= retries:
+            after = f" (after {len(crashed)} crashed: {', '.join(crashed)})" if crashed else ""
+            raise StageFailed(f"{stage}: {ended}: {run.state.message}{after}")
+        crashed.append(str(run.id))
+        get_run_logger().warning("%s: %s (%s); new run %d of placement.retries=%d", stage,
+                                 ended, run.state.message, len(crashed), retries)
     store = ResultStore(result_storage=LocalFileSystem(basepath=str(WorkDir.at(work_dir)
                                                                    .results)),
                         serializer=JSONSerializer())
@@ -108,15 +154,16 @@ def dispatch(step: str, stage: str, kwargs: dict[str, Any], pool: str, work_dir:
 
 
 def _call(step: Task, work: WorkDir, force: bool, stage: str, kwargs: dict[str, Any],
-          pool: str | None, deadline_s: float) -> tuple[Task, dict[str, Any]]:
+          where: Where) -> tuple[Task, dict[str, Any]]:
     """The task to submit for one step and its parameters."""
     options = {"result_storage": work.results, "refresh_cache": force}
-    if pool is None:
+    if where.pool is None:
         kwargs = {**kwargs, "out_dir": str(stage_out_dir(step, work, stage, kwargs))}
         return step.with_options(**options), kwargs
-    return (dispatch.with_options(name=f"{step.name}@{pool}", **options),
-            {"step": step.name, "stage": stage, "kwargs": kwargs, "pool": pool,
-             "work_dir": str(work.root), "force": force, "deadline_s": deadline_s})
+    return (dispatch.with_options(name=f"{step.name}@{where.pool}", **options),
+            {"step": step.name, "stage": stage, "kwargs": kwargs, "pool": where.pool,
+             "work_dir": str(work.root), "force": force, "deadline_s": where.deadline_s,
+             "retries": where.retries})
 
 
 def run_steps(step: Task, work: WorkDir, force: bool, *, stage: str,
@@ -150,8 +197,7 @@ def run_steps(step: Task, work: WorkDir, force: bool, *, stage: str,
     with ThreadPoolTaskRunner(max_workers=max(1, where.parallel)) as runner:
         futures = {}
         for i, kwargs in enumerate(calls):
-            submitted, params = _call(step, work, force, stage, dict(kwargs), where.pool,
-                                      where.deadline_s)
+            submitted, params = _call(step, work, force, stage, dict(kwargs), where)
             futures[runner.submit(submitted, parameters=params)] = i
         for future in as_completed(list(futures)):
             i = futures[future]
@@ -159,8 +205,7 @@ def run_steps(step: Task, work: WorkDir, force: bool, *, stage: str,
             if any(not r.is_valid() for r in refs_in(results[i])):
                 logger.warning("%s: cached outputs of step %d missing or changed; "
                                "recomputing", stage, i)
-                submitted, params = _call(step, work, True, stage, dict(calls[i]),
-                                          where.pool, where.deadline_s)
+                submitted, params = _call(step, work, True, stage, dict(calls[i]), where)
                 results[i] = submitted(**params)
             finished(i, results[i])
     return results

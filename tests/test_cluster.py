@@ -134,7 +134,7 @@ def test_every_placed_pool_has_a_step_deployment(preset: str) -> None:
     from flows.step import step_flow
 
     placement = load_config(preset).placement.model_dump(exclude={"max_in_flight",
-                                                                    "deadline_s"})
+                                                                    "deadline_s", "retries"})
     steps = {f"{step_flow.name}/{d['name']}": d["work_pool"]["name"]
              for d in EVERY if d["entrypoint"] == "flows/step.py:step_flow"}
     for pool in {p for p in placement.values() if p}:

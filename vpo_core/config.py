@@ -522,6 +522,10 @@ class _Placement(Section):
     deadline_s: float = Field(86400.0, gt=0, description="Longest wait for one deployment "
                               "run; a run still going then is cancelled and fails its "
                               "stage.")
+    retries: int = Field(2, ge=0, description="New runs of a step whose run crashed for a "
+                         "reason outside its input (worker or process lost, killed, out of "
+                         "memory, pod never scheduled), on any worker of its pool, before "
+                         "its stage fails; a step failing on its input fails at once.")
 
 
 class PreflightConfig(Section):
