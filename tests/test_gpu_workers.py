@@ -207,8 +207,9 @@ def train_and_render(work_dir: str, limit: str) -> tuple[Any, list[Any], float]:
     work = activate(work_dir)
     data = ref_for(_sft_examples(work.root / "sft_examples.parquet"), "sft_examples")
     base = ref_for_dir(resolve_model("bundled:tiny-llama", work.models))
-    train = TrainSftConfig(max_steps=4, global_batch_size=2, per_device_batch_size=2,
-                           epochs=2, warmup_ratio=0.0)
+    train = TrainSftConfig(global_batch_size=2, trl={
+        "max_steps": 4, "per_device_train_batch_size": 2, "num_train_epochs": 2,
+        "warmup_steps": 0.0})
     task, params = _call(training.train_sft, work, False, "train-sft",
                          {"data": data, "base": base, "train": train, "max_length": 512,
                           "seed": 0}, Where(ALL_GPUS_POOL))
