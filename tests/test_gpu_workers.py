@@ -100,7 +100,14 @@ def host(tmp_path_factory):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     work = WorkDir.at(tmp_path_factory.mktemp("gpus") / "work")
-    state = up(work, port=_port(), gpus=2)
+    # its own database: the session's PREFECT_HOME (tests/conftest.py) would share one with
+    # the servers of other modules, whose unclaimed gpu runs these workers would then take
+    shared_home = os.environ.pop("PREFECT_HOME", None)
+    try:
+        state = up(work, port=_port(), gpus=2)
+    finally:
+        if shared_home is not None:
+            os.environ["PREFECT_HOME"] = shared_home
     try:
         with temporary_settings({PREFECT_API_URL: state["api"]}):
             yield work, state
